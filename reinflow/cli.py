@@ -1,0 +1,148 @@
+"""The ``reinflow`` command line.
+
+Every verb that takes ``--conf`` also takes dotted overrides after it::
+
+    reinflow prepare-data --conf configs/quickstart.yaml data.shard_size=100
+
+Expected problems (a config typo, a missing file, an unknown model) print one line and exit 2,
+never a traceback. Verbs that run Prefect flows import them when called, so the library itself
+stays free of Prefect.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from reinflow.config import DataConfig, load_config
+from reinflow.config_errors import ConfigError
+from reinflow.errors import ReinflowError
+from reinflow.models import ModelResolutionError, resolve_model
+
+app = typer.Typer(
+    name="reinflow",
+    help="Train AgentScope agents with GRPO: rollouts, judges, policy updates, tracked runs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+model_app = typer.Typer(help="Built-in and hub models.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+err = Console(stderr=True)
+out = Console()
+
+KNOWN_HUB_SUBSETS = {"openai/gsm8k": "main"}
+"""Hub datasets that cannot be loaded without a subset, and the one users mean."""
+
+ConfOption = Annotated[Path | None, typer.Option("--conf", "-c", help="Experiment YAML file.")]
+OverridesArg = Annotated[
+    list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.lr=1e-6 data.shard_size=100.")
+]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@model_app.command("fetch")
+def model_fetch(name: Annotated[str, typer.Argument(help="builtin:smollm2-135m-instruct, a hub id or a folder.")]) -> None:
+    """Resolve a model to a local folder (converting or downloading it once) and print the folder."""
+    try:
+        folder = resolve_model(name)
+    except ModelResolutionError as error:
+        _fail(str(error))
+    out.print(f"{name} -> {folder}", highlight=False)
+
+
+@app.command("prepare-data")
+def prepare_data(
+    conf: ConfOption = None,
+    overrides: OverridesArg = None,
+    target: Annotated[
+        str | None,
+        typer.Option(help="Hub dataset id (openai/gsm8k), a local .jsonl/.parquet file, or reasoning_gym:<name>."),
+    ] = None,
+    path: Annotated[Path | None, typer.Option(help="Output folder for the Parquet shards.")] = None,
+    subset: Annotated[str | None, typer.Option(help="Hub dataset config name (openai/gsm8k: main).")] = None,
+) -> None:
+    """Download a dataset and write normalised Parquet shards (data/<name>/<split>/part-NNNNN.parquet)."""
+    try:
+        data = _data_config(conf, overrides or [], target, path, subset)
+        from flows.prepare_data import prepare_data as prepare_data_flow
+
+        summary = prepare_data_flow(data, project_root=str(Path.cwd()))
+    except ReinflowError as error:
+        _fail(str(error))
+    for split, info in summary.items():
+        out.print(
+            f"[green]{split}[/]: {info['rows']} rows in {info['shards']} shard(s), "
+            f"{info['skipped']} skipped -> {info['manifest']}",
+            highlight=False,
+        )
+
+
+def _data_config(
+    conf: Path | None, overrides: list[str], target: str | None, path: Path | None, subset: str | None
+) -> DataConfig:
+    if conf is not None:
+        if target is not None:
+            raise ConfigError("give either --conf or --target, not both")
+        data = load_config(conf, overrides).data
+        return data.model_copy(update={"path": path}) if path is not None else data
+    if target is None or path is None:
+        raise ConfigError("prepare-data needs --conf FILE, or --target DATASET and --path FOLDER")
+    if overrides:
+        raise ConfigError(f"overrides {overrides} need --conf")
+    source = _source_for_target(target, subset)
+    return DataConfig.model_validate({"source": source, "path": path, **_single_split(source)})
+
+
+def _source_for_target(target: str, subset: str | None) -> dict:
+    if target.startswith("reasoning_gym:"):
+        raise ConfigError(
+            "reasoning-gym sources need sizes per split: put them in a config "
+            "(data.source.type: reasoning_gym) and use --conf"
+        )
+    local = Path(target)
+    if local.suffix in (".jsonl", ".parquet"):
+        if not local.is_file():
+            raise ConfigError(f"--target {target}: no such file")
+        split = local.stem if local.stem in ("train", "test", "validation") else "train"
+        return {"type": "local", "files": {split: local}}
+    return {"type": "hub", "name": target, "subset": subset or KNOWN_HUB_SUBSETS.get(target)}
+
+
+def _single_split(source: dict) -> dict:
+    """A one-file local target trains and evaluates on its only split."""
+    if source["type"] != "local":
+        return {}
+    (split,) = source["files"]
+    return {"train_split": split, "eval_split": split}
+
+
+CPU_ENVIRONMENT = {
+    "OMP_WAIT_POLICY": "PASSIVE",  # spinning OpenMP threads made everything 3-6x slower on 2 cores
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+"""Set before anything imports torch, Prefect, MLflow or Ray; the user's own values win."""
+
+
+def main() -> None:
+    """Entry point: environment defaults first, then the command."""
+    for key, value in CPU_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

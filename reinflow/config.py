@@ -1,0 +1,302 @@
+"""The experiment config: one pydantic model per YAML section.
+
+Every default of reinflow lives here and nowhere else. Every field is bounded and documented;
+unknown keys are errors (``extra="forbid"``); cross-field checks say how to fix the problem.
+Loading a file with a mistake raises :class:`ConfigError`, whose message names the file, the key
+path and the nearest valid key (see ``reinflow.config_errors``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from reinflow.config_errors import ConfigError, format_validation_error
+from reinflow.overrides import apply_overrides
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# ----------------------------------------------------------------------------- data sources
+
+
+class HubSource(Section):
+    """A dataset on the Hugging Face hub (or any path `datasets.load_dataset` accepts)."""
+
+    type: Literal["hub"] = Field("hub", description="The discriminator of this choice.")
+    name: str = Field(description="Dataset id on the hub, e.g. `openai/gsm8k`, or a local dataset folder.")
+    subset: str | None = Field(None, description="Dataset config name, e.g. `main` for GSM8K.")
+    question_field: str = Field("question", description="Column holding the task text.")
+    answer_field: str = Field("answer", description="Column holding the reference answer.")
+
+
+class LocalSource(Section):
+    """Local JSONL or Parquet files, one per split."""
+
+    type: Literal["local"] = Field("local", description="The discriminator of this choice.")
+    files: dict[str, Path] = Field(
+        description="Split name → JSONL (`.jsonl`) or Parquet (`.parquet`) file; relative paths are "
+        "resolved against the project root."
+    )
+    question_field: str = Field("question", description="Field holding the task text.")
+    answer_field: str = Field("answer", description="Field holding the reference answer.")
+
+    @model_validator(mode="after")
+    def _known_suffixes(self) -> LocalSource:
+        for split, path in self.files.items():
+            if path.suffix not in (".jsonl", ".parquet"):
+                raise ValueError(f"files.{split}: '{path}' must end in .jsonl or .parquet")
+        return self
+
+
+class ReasoningGymSource(Section):
+    """Procedural tasks from `reasoning-gym` (offline), e.g. `basic_arithmetic`, `gsm_symbolic`."""
+
+    type: Literal["reasoning_gym"] = Field("reasoning_gym", description="The discriminator of this choice.")
+    name: str = Field(description="A reasoning-gym dataset name, e.g. `basic_arithmetic`.")
+    sizes: dict[str, Annotated[int, Field(ge=1, le=10_000_000)]] = Field(
+        description="Split name → number of tasks to generate, e.g. `{train: 512, test: 64}`."
+    )
+    seed: int = Field(0, ge=0, description="Generator seed; each split gets its own seed derived from it.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments for the reasoning-gym generator."
+    )
+
+
+ImportPath = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*(->|:)[A-Za-z_]\w*$"),
+]
+"""``module.path->ClassName`` (AgentScope tuning style) or ``module.path:ClassName``."""
+
+DataSource = Annotated[HubSource | LocalSource | ReasoningGymSource, Field(discriminator="type")]
+
+
+class DataConfig(Section):
+    """Where the tasks come from and how they are sharded."""
+
+    source: DataSource = Field(description="Where to read tasks from; `type:` is `hub`, `local` or `reasoning_gym`.")
+    path: Path = Field(description="Output folder for Parquet shards: `<path>/<split>/part-NNNNN.parquet`.")
+    train_split: str = Field("train", description="Split the policy trains on.")
+    eval_split: str = Field("test", description="Held-out split for evaluation.")
+    shard_size: int = Field(1000, ge=1, le=1_000_000, description="Rows per Parquet shard (the last may be shorter).")
+    tasks_per_iteration: int = Field(8, ge=1, le=100_000, description="Distinct tasks rolled out per iteration.")
+    eval_tasks: int = Field(64, ge=1, le=1_000_000, description="Held-out tasks used per evaluation.")
+    max_question_chars: int = Field(
+        20_000, ge=1, description="Rows whose question is longer are skipped and counted."
+    )
+
+    @model_validator(mode="after")
+    def _splits_exist(self) -> DataConfig:
+        available = _source_splits(self.source)
+        if available is None:
+            return self
+        for role, split in (("train_split", self.train_split), ("eval_split", self.eval_split)):
+            if split not in available:
+                raise ValueError(
+                    f"{role} '{split}' is not a split of the data source (it has {sorted(available)}); "
+                    f"set data.{role} to one of them or add the split to the source"
+                )
+        return self
+
+
+def _source_splits(source: HubSource | LocalSource | ReasoningGymSource) -> set[str] | None:
+    """The splits a source declares, or None where only the hub knows them."""
+    if isinstance(source, LocalSource):
+        return set(source.files)
+    if isinstance(source, ReasoningGymSource):
+        return set(source.sizes)
+    return None
+
+
+# ----------------------------------------------------------------------------- rollout / judge
+
+
+class RolloutConfig(Section):
+    """How episodes are generated."""
+
+    workflow: ImportPath = Field(
+        description="The agent workflow class, `module.path->ClassName` or `module.path:ClassName`, "
+        "imported relative to the project root."
+    )
+    engine: Literal["hf", "vllm"] = Field("hf", description="`hf` (transformers, CPU or GPU) or `vllm` (GPU, extra `gpu`).")
+    group_size: int = Field(4, ge=2, le=1024, description="Episodes per task; GRPO compares them with each other.")
+    max_turns: int = Field(4, ge=1, le=256, description="Most LLM calls an agent makes in one episode.")
+    max_new_tokens_per_turn: int = Field(256, ge=1, le=65_536, description="Most tokens one LLM call generates.")
+    max_model_len: int = Field(2048, ge=16, le=1_048_576, description="Most tokens (prompt + output) in one sequence.")
+    temperature: float = Field(1.0, ge=0.0, le=4.0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    concurrency: int = Field(32, ge=1, le=4096, description="Episodes in flight at once (they share one batching engine).")
+    max_batch_size: int = Field(
+        16, ge=1, le=4096, description="Most sequences the engine decodes in one forward pass."
+    )
+
+    @model_validator(mode="after")
+    def _turn_fits(self) -> RolloutConfig:
+        if self.max_new_tokens_per_turn >= self.max_model_len:
+            raise ValueError(
+                f"max_new_tokens_per_turn ({self.max_new_tokens_per_turn}) must be below max_model_len "
+                f"({self.max_model_len}), or no prompt fits; lower it or raise max_model_len"
+            )
+        return self
+
+
+class JudgeConfig(Section):
+    """The reward function."""
+
+    protocol: ImportPath = Field(
+        description="The judge class, `module.path->ClassName` or `module.path:ClassName`."
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the judge's constructor.")
+    concurrency: int = Field(16, ge=1, le=4096, description="Episodes judged at once.")
+    timeout_seconds: float = Field(60.0, gt=0, le=3600, description="A judge call slower than this is a judge error.")
+    format_penalty: float = Field(0.0, ge=0.0, le=10.0, description="Subtracted per malformed tool call (shown apart from correctness).")
+    degenerate_penalty: float = Field(0.0, ge=0.0, le=10.0, description="Subtracted when the output is garbage or repeats itself.")
+    max_response_tokens: int | None = Field(
+        None, ge=1, description="Episodes generating more tokens than this get no reward (None: no cap)."
+    )
+
+
+# ----------------------------------------------------------------------------- model / train
+
+
+class FullTuning(Section):
+    """Every weight of the policy is trained."""
+
+    type: Literal["full"] = Field("full", description="The discriminator of this choice.")
+
+
+class LoraTuning(Section):
+    """Low-rank adapters (peft); the reference policy is the base with the adapter disabled."""
+
+    type: Literal["lora"] = Field("lora", description="The discriminator of this choice.")
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling alpha (the update is scaled by alpha / rank).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="Names of the linear layers that get adapters.",
+    )
+
+
+class ModelConfig(Section):
+    """The policy model."""
+
+    path: str = Field(
+        "builtin:smollm2-135m-instruct",
+        description="`builtin:smollm2-135m-instruct`, `builtin:tiny-random-llama[?seed=N]`, a hub id or a local folder.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype. Use float32 on CPU (bf16 matmuls are ~100x slower without AVX-512)."
+    )
+    tuning: Annotated[FullTuning | LoraTuning, Field(discriminator="type")] = Field(
+        default_factory=FullTuning, description="`type: full` or `type: lora` (with rank, alpha, ...)."
+    )
+
+
+class TrainConfig(Section):
+    """The GRPO policy update."""
+
+    iterations: int = Field(10, ge=0, le=1_000_000, description="Training iterations (rollout → judge → update).")
+    lr: float = Field(1e-6, gt=0, le=1.0, description="AdamW learning rate.")
+    warmup_iterations: int = Field(0, ge=0, description="Linear learning-rate warm-up length (0: constant).")
+    clip_ratio: float = Field(0.2, gt=0, le=10.0, description="PPO clip epsilon on the importance ratio.")
+    kl_coef: float = Field(0.0, ge=0.0, le=100.0, description="Weight of the k3 KL penalty to the reference policy (0: none, no reference kept).")
+    normalize_advantage_std: bool = Field(
+        False, description="Divide group-centred rewards by the group std (GRPO) or not (Dr. GRPO)."
+    )
+    loss_aggregation: Literal["token_mean", "sequence_mean"] = Field(
+        "token_mean", description="Mean over all trained tokens in the batch, or mean of per-sequence token means."
+    )
+    micro_batch_tokens: int = Field(4096, ge=16, le=10_000_000, description="Tokens per forward/backward micro-batch.")
+    epochs_per_batch: int = Field(1, ge=1, le=64, description="Optimisation passes over each iteration's batch.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    workers: int = Field(1, ge=1, le=1024, description="Policy workers (Ray actors) for `backbone: ray`.")
+    cpus_per_worker: float = Field(1.0, gt=0, le=1024, description="CPUs Ray reserves for each policy worker.")
+    gpus_per_worker: float = Field(0.0, ge=0, le=16, description="GPUs Ray reserves for each policy worker.")
+    checkpoint_interval: int = Field(1, ge=1, description="Write a checkpoint every this many iterations.")
+    keep_checkpoints: int = Field(3, ge=1, le=1000, description="Most recent checkpoints kept on disk.")
+    eval_interval: int = Field(5, ge=1, description="Evaluate every this many iterations (and at iteration 0).")
+    seed: int = Field(0, ge=0, description="Seed for sampling, data order and initialisation.")
+
+
+class TrackingConfig(Section):
+    """MLflow tracking."""
+
+    mlflow_uri: str = Field("sqlite:///runs/mlflow.db", description="MLflow tracking URI (SQLite under runs/ by default).")
+    experiment: str | None = Field(None, description="MLflow experiment name (default: the config's `experiment`).")
+    run_dir: Path = Field(Path("runs"), description="Folder for rollouts, judged files and checkpoints of each run.")
+
+
+class ExperimentConfig(Section):
+    """A whole experiment YAML."""
+
+    project: str = Field("reinflow", min_length=1, description="Project name (MLflow tag).")
+    experiment: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Experiment name; names the run folder.")
+    backbone: Literal["debug", "ray"] = Field(
+        "debug", description="`debug`: everything in one process; `ray`: the update runs on Ray policy workers."
+    )
+    data: DataConfig = Field(description="Where tasks come from and how they are sharded.")
+    rollout: RolloutConfig = Field(description="The agent workflow and how episodes are sampled.")
+    judge: JudgeConfig = Field(description="The reward function and reward shaping.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy model and how it is tuned.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="The GRPO update, workers and checkpoints.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking and run folders.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ExperimentConfig:
+        if self.rollout.engine == "vllm" and self.model.dtype == "float32":
+            raise ValueError("rollout.engine 'vllm' runs on a GPU: set model.dtype to bfloat16 (or use engine 'hf')")
+        if self.rollout.concurrency < self.rollout.group_size:
+            raise ValueError(
+                f"rollout.concurrency ({self.rollout.concurrency}) is below rollout.group_size "
+                f"({self.rollout.group_size}); raise concurrency so one task's group runs at once"
+            )
+        if self.backbone == "debug" and self.train.workers > 1:
+            raise ValueError(
+                f"train.workers is {self.train.workers} but backbone 'debug' runs one in-process worker; "
+                "use backbone 'ray' or set train.workers to 1"
+            )
+        return self
+
+    @property
+    def mlflow_experiment(self) -> str:
+        """The MLflow experiment name."""
+        return self.tracking.experiment or self.experiment
+
+    def fingerprint(self) -> str:
+        """A short hash of the whole config (stored in checkpoints to catch resumes with another config)."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read an experiment YAML, apply dotted ``key=value`` overrides and validate it.
+
+    Raises ConfigError (one readable message, no traceback needed) on any problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides, source=str(path))
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, ExperimentConfig, source=str(path))) from None

@@ -1,0 +1,407 @@
+"""reinflow.grpo against slow loop references (plain Python over groups, sequences and tokens)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from reinflow.grpo import (
+    aggregate,
+    clipped_surrogate_loss,
+    entropy_from_logits,
+    group_advantages,
+    grpo_loss,
+    kl_k3,
+    loss_normalizer,
+    token_log_probs,
+)
+
+SEEDS = [0, 1, 2, 3, 4]
+AGGREGATIONS = ["token_mean", "sequence_mean"]
+
+
+# ----------------------------------------------------------------------------- loop references
+
+
+def ref_group_advantages(rewards: list[float], ids: list[int], normalize_std: bool, eps: float):
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(ids):
+        members.setdefault(g, []).append(i)
+    adv = [0.0] * len(rewards)
+    no_signal = 0
+    for idx in members.values():
+        vals = [rewards[i] for i in idx if not math.isnan(rewards[i])]
+        if not vals or max(vals) == min(vals):
+            no_signal += 1
+            continue
+        mean = sum(vals) / len(vals)
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+        for i in idx:
+            if not math.isnan(rewards[i]):
+                adv[i] = (rewards[i] - mean) / (std + eps) if normalize_std else rewards[i] - mean
+    return adv, no_signal
+
+
+def ref_log_prob(row: list[float], target: int, temperature: float) -> float:
+    z = [x / temperature for x in row]
+    m = max(z)
+    return z[target] - (m + math.log(sum(math.exp(x - m) for x in z)))
+
+
+def ref_entropy(row: list[float], temperature: float) -> float:
+    z = [x / temperature for x in row]
+    m = max(z)
+    total = sum(math.exp(x - m) for x in z)
+    probs = [math.exp(x - m) / total for x in z]
+    return -sum(p * math.log(p) for p in probs if p > 0)
+
+
+def ref_aggregate(values: list[list[float]], mask: list[list[bool]], aggregation: str, normalizer=None):
+    """Works on floats and on torch scalars alike."""
+    if aggregation == "token_mean":
+        terms = [v for row, m in zip(values, mask) for v, keep in zip(row, m) if keep]
+        return sum(terms) / (normalizer or max(len(terms), 1))
+    seq_means = []
+    for row, m in zip(values, mask):
+        terms = [v for v, keep in zip(row, m) if keep]
+        if terms:
+            seq_means.append(sum(terms) / len(terms))
+    return sum(seq_means) / (normalizer or max(len(seq_means), 1))
+
+
+def ref_surrogate_tokens(lp, olp, adv, lo, hi):
+    """(loss term, clipped?, approx_kl k3, ratio) of one token, math floats."""
+    r = math.exp(lp - olp)
+    unclipped, clipped = -r * adv, -min(max(r, 1 - lo), 1 + hi) * adv
+    return max(unclipped, clipped), float(clipped > unclipped), r - 1 - math.log(r), r
+
+
+def ref_loss_torch(logp, old, adv, mask, lo, hi, aggregation, kl_coef=0.0, ref=None, normalizer=None):
+    """The loss built token by token from torch scalars, so autograd gives the reference gradient."""
+    B, T = logp.shape
+    pg = [[None] * T for _ in range(B)]
+    kl = [[None] * T for _ in range(B)]
+    for b in range(B):
+        for t in range(T):
+            if mask[b][t]:
+                r = torch.exp(logp[b, t] - old[b, t])
+                a = float(adv[b])
+                pg[b][t] = -torch.minimum(r * a, torch.clamp(r, 1 - lo, 1 + hi) * a)
+                if ref is not None:
+                    d = ref[b, t] - logp[b, t]
+                    kl[b][t] = torch.exp(d) - d - 1
+    loss = ref_aggregate(pg, mask, aggregation, normalizer)
+    if kl_coef > 0:
+        loss = loss + kl_coef * ref_aggregate(kl, mask, aggregation, normalizer)
+    return torch.as_tensor(loss)
+
+
+# ----------------------------------------------------------------------------- random inputs
+
+
+def random_batch(seed: int, max_b: int = 7, max_t: int = 9):
+    g = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    B, T = rng.randint(2, max_b), rng.randint(1, max_t)
+    old = -3 * torch.rand(B, T, generator=g)
+    logp = old + 0.3 * torch.randn(B, T, generator=g)
+    ref = old + 0.3 * torch.randn(B, T, generator=g)
+    adv = torch.randn(B, generator=g)
+    adv[rng.randrange(B)] = 0.0
+    mask = torch.rand(B, T, generator=g) < rng.uniform(0.3, 0.9)
+    mask[rng.randrange(B)] = False  # a row with nothing trained
+    mask[rng.randrange(B), rng.randrange(T)] = True  # at least one trained token
+    return logp, old, ref, adv, mask
+
+
+def random_rewards(seed: int):
+    rng = random.Random(seed)
+    rewards, ids = [], []
+    for group in range(rng.randint(1, 8)):
+        for _ in range(rng.randint(1, 6)):
+            rewards.append(math.nan if rng.random() < 0.15 else rng.choice([0.0, 0.5, 1.0, rng.uniform(-2, 2)]))
+            ids.append(7 * group + 3)  # not contiguous
+    order = list(range(len(rewards)))
+    rng.shuffle(order)
+    return [rewards[i] for i in order], [ids[i] for i in order]
+
+
+# ----------------------------------------------------------------------------- advantages
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("normalize_std", [False, True])
+def test_group_advantages_match_loop(seed, normalize_std):
+    rewards, ids = random_rewards(seed)
+    r = torch.tensor(rewards, dtype=torch.float32)
+    adv, no_signal = group_advantages(r, torch.tensor(ids), normalize_std=normalize_std)
+    expected, expected_no_signal = ref_group_advantages(r.tolist(), ids, normalize_std, 1e-6)
+    assert no_signal == expected_no_signal
+    assert adv.dtype == torch.float32 and not torch.isnan(adv).any()
+    torch.testing.assert_close(adv, torch.tensor(expected, dtype=torch.float32), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("normalize_std", [False, True])
+def test_equal_reward_groups_get_exactly_zero_and_are_counted(normalize_std):
+    rewards = torch.tensor([0.1, 0.1, 0.1, 0.7, 0.7, 0.0, 1.0, 1.0], dtype=torch.float32)
+    ids = torch.tensor([0, 0, 0, 5, 5, 2, 2, 9])  # group 9 has a single episode
+    adv, no_signal = group_advantages(rewards, ids, normalize_std=normalize_std)
+    assert no_signal == 3
+    assert (adv[[0, 1, 2, 3, 4, 7]] == 0).all()  # exactly, not approximately
+    assert adv[5] < 0 < adv[6]
+
+
+def test_nan_rewards_are_excluded():
+    rewards = torch.tensor([1.0, 0.0, math.nan, 1.0, math.nan, math.nan, math.nan, 0.5])
+    ids = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    for normalize_std in (False, True):
+        adv, no_signal = group_advantages(rewards, ids, normalize_std=normalize_std)
+        assert no_signal == 2  # group 1: no valid reward; group 2: one valid reward
+        assert adv[2] == 0 and (adv[4:] == 0).all()
+        # The same as if the NaN episode had never been there.
+        kept, _ = group_advantages(rewards[[0, 1, 3]], ids[[0, 1, 3]], normalize_std=normalize_std)
+        torch.testing.assert_close(adv[[0, 1, 3]], kept)
+    adv, _ = group_advantages(rewards, ids, normalize_std=False)
+    torch.testing.assert_close(adv[[0, 1, 3]], torch.tensor([1 / 3, -2 / 3, 1 / 3]))
+
+
+def test_group_advantages_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"\[B\]"):
+        group_advantages(torch.zeros(3), torch.zeros(4, dtype=torch.long), normalize_std=False)
+
+
+# ----------------------------------------------------------------------------- log-probs, entropy
+
+
+def random_logits(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    B, T, V = rng.randint(1, 4), rng.randint(1, 6), rng.randint(2, 13)
+    logits = 3 * torch.randn(B, T, V, generator=g)
+    targets = torch.randint(0, V, (B, T), generator=g)
+    return logits, targets
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("temperature", [1.0, 0.6, 1.7])
+def test_token_log_probs_match_loop_and_log_softmax(seed, temperature):
+    logits, targets = random_logits(seed)
+    before = logits.clone()
+    x = logits.clone().requires_grad_()
+    lp = token_log_probs(x, targets, temperature)
+    assert torch.equal(logits, before)
+    expected = [
+        [ref_log_prob(logits[b, t].tolist(), int(targets[b, t]), temperature) for t in range(logits.shape[1])]
+        for b in range(logits.shape[0])
+    ]
+    torch.testing.assert_close(lp, torch.tensor(expected), atol=1e-5, rtol=1e-5)
+    y = logits.clone().requires_grad_()
+    full = torch.log_softmax(y / temperature, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(lp, full)
+    w = torch.randn(lp.shape, generator=torch.Generator().manual_seed(seed))
+    (grad,) = torch.autograd.grad((lp * w).sum(), x)
+    (expected_grad,) = torch.autograd.grad((full * w).sum(), y)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def test_token_log_probs_never_writes_into_the_callers_logits():
+    logits, targets = random_logits(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = logits.to(dtype)
+        before = x.clone()
+        lp = token_log_probs(x, targets, temperature=0.5)
+        assert torch.equal(x, before) and lp.dtype == torch.float32
+
+
+def test_temperature_zero_is_refused():
+    logits, targets = random_logits(0)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        token_log_probs(logits, targets, temperature=0.0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_entropy_matches_loop(seed, temperature):
+    logits, _ = random_logits(seed)
+    h = entropy_from_logits(logits, temperature)
+    B, T, _ = logits.shape
+    expected = [[ref_entropy(logits[b, t].tolist(), temperature) for t in range(T)] for b in range(B)]
+    torch.testing.assert_close(h, torch.tensor(expected), atol=1e-5, rtol=1e-5)
+    assert (h >= 0).all() and (h <= math.log(logits.shape[-1]) + 1e-5).all()
+
+
+# ----------------------------------------------------------------------------- KL
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_kl_k3_matches_loop_and_is_non_negative(seed):
+    logp, _, ref, _, _ = random_batch(seed)
+    kl = kl_k3(logp, ref)
+    expected = [
+        [math.exp(r - p) - (r - p) - 1 for p, r in zip(lrow, rrow)] for lrow, rrow in zip(logp.tolist(), ref.tolist())
+    ]
+    torch.testing.assert_close(kl, torch.tensor(expected), atol=1e-6, rtol=1e-5)
+    assert (kl >= 0).all()
+    assert (kl_k3(logp, logp) == 0).all()
+    tiny = torch.tensor([1e-8, -1e-8, 3e-7, -3e-7, 1e-4])
+    assert (kl_k3(torch.zeros(5), tiny) >= 0).all()
+
+
+# ----------------------------------------------------------------------------- surrogate loss
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@pytest.mark.parametrize("clip", [(0.2, None), (0.2, 0.28), (0.1, 0.5)])
+def test_clipped_surrogate_loss_matches_loop(seed, aggregation, clip):
+    logp, old, _, adv, mask = random_batch(seed)
+    lo, hi = clip
+    x = logp.clone().requires_grad_()
+    loss, metrics = clipped_surrogate_loss(x, old, adv, mask, lo, hi, aggregation)
+    (grad,) = torch.autograd.grad(loss, x)
+
+    hi = lo if hi is None else hi
+    per_token = [
+        [ref_surrogate_tokens(lp, olp, float(adv[b]), lo, hi) for lp, olp in zip(logp[b].tolist(), old[b].tolist())]
+        for b in range(logp.shape[0])
+    ]
+    m = mask.tolist()
+    for k, name in enumerate(["policy_loss", "clip_fraction", "approx_kl", "ratio_mean"]):
+        expected = ref_aggregate([[tok[k] for tok in row] for row in per_token], m, aggregation)
+        assert metrics[name].item() == pytest.approx(expected, abs=1e-5), name
+    assert loss.item() == pytest.approx(metrics["policy_loss"].item())
+
+    y = logp.double().requires_grad_()
+    ref_loss = ref_loss_torch(y, old.double(), adv, m, lo, hi, aggregation)
+    (expected_grad,) = torch.autograd.grad(ref_loss, y)
+    torch.testing.assert_close(grad, expected_grad.float(), atol=1e-6, rtol=1e-5)
+    assert (grad[~mask] == 0).all()
+
+
+def test_clipped_tokens_get_zero_gradient():
+    # Ratios per token: 1.5, 1.0, 0.5, 1.1 (inside the clip range).
+    old = torch.zeros(2, 4)
+    logp = torch.log(torch.tensor([[1.5, 1.0, 0.5, 1.1], [1.5, 1.0, 0.5, 1.1]])).requires_grad_()
+    adv = torch.tensor([1.0, -1.0])
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    loss, metrics = clipped_surrogate_loss(logp, old, adv, mask, clip_ratio=0.2)
+    (grad,) = torch.autograd.grad(loss, logp)
+    # A > 0: ratio above 1 + eps is clipped (no gradient); below 1 - eps is not (pessimistic bound).
+    assert grad[0, 0] == 0 and grad[0, 2] != 0 and grad[0, 1] != 0 and grad[0, 3] != 0
+    # A < 0: ratio below 1 - eps is clipped; above 1 + eps is not.
+    assert grad[1, 2] == 0 and grad[1, 0] != 0 and grad[1, 1] != 0 and grad[1, 3] != 0
+    assert metrics["clip_fraction"].item() == pytest.approx(2 / 8)
+    # Clip-higher widens the upper side only: ratio 1.5 is inside [0.8, 1.6].
+    loss, _ = clipped_surrogate_loss(logp, old, adv, mask, clip_ratio=0.2, clip_ratio_high=0.6)
+    (grad,) = torch.autograd.grad(loss, logp)
+    assert grad[0, 0] != 0 and grad[1, 2] == 0
+
+
+def test_masked_garbage_gives_no_nan():
+    logp, old, ref, adv, mask = random_batch(3)
+    old = old.masked_fill(~mask, float("nan"))
+    ref = ref.masked_fill(~mask, -float("inf"))
+    x = logp.masked_fill(~mask, -float("inf")).requires_grad_()
+    for aggregation in AGGREGATIONS:
+        loss, metrics = grpo_loss(x, old, adv, mask, kl_coef=0.1, ref_logp=ref, aggregation=aggregation)
+        (grad,) = torch.autograd.grad(loss, x)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all() and (grad[~mask] == 0).all()
+        assert all(torch.isfinite(v) for v in metrics.values())
+
+
+def test_nothing_trained_gives_zero_loss():
+    logp = torch.randn(3, 4, requires_grad=True)
+    loss, _ = clipped_surrogate_loss(logp, torch.zeros(3, 4), torch.ones(3), torch.zeros(3, 4, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0 and (logp.grad == 0).all()
+
+
+def test_shape_mismatch_is_refused():
+    with pytest.raises(ValueError, match="advantages"):
+        clipped_surrogate_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3), torch.ones(2, 3))
+
+
+# ----------------------------------------------------------------------------- grpo_loss, aggregation
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_grpo_loss_matches_loop(seed, aggregation):
+    logp, old, ref, adv, mask = random_batch(seed)
+    entropy = torch.rand(logp.shape, generator=torch.Generator().manual_seed(seed))
+    x = logp.clone().requires_grad_()
+    loss, metrics = grpo_loss(
+        x, old, adv, mask, clip_ratio=0.2, clip_ratio_high=0.3, kl_coef=0.05, ref_logp=ref,
+        aggregation=aggregation, entropy=entropy,
+    )
+    (grad,) = torch.autograd.grad(loss, x)
+    y = logp.double().requires_grad_()
+    m = mask.tolist()
+    expected = ref_loss_torch(y, old.double(), adv, m, 0.2, 0.3, aggregation, kl_coef=0.05, ref=ref.double())
+    (expected_grad,) = torch.autograd.grad(expected, y)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    torch.testing.assert_close(grad, expected_grad.float(), atol=1e-6, rtol=1e-5)
+    kl = [[math.exp(r - p) - (r - p) - 1 for p, r in zip(lr, rr)] for lr, rr in zip(logp.tolist(), ref.tolist())]
+    assert metrics["kl"].item() == pytest.approx(ref_aggregate(kl, m, aggregation), abs=1e-6)
+    assert metrics["entropy"].item() == pytest.approx(ref_aggregate(entropy.tolist(), m, aggregation), abs=1e-6)
+    assert loss.item() == pytest.approx(metrics["policy_loss"].item() + 0.05 * metrics["kl"].item(), abs=1e-6)
+
+
+def test_grpo_loss_needs_ref_for_kl():
+    logp, old, _, adv, mask = random_batch(0)
+    with pytest.raises(ValueError, match="ref_logp"):
+        grpo_loss(logp, old, adv, mask, kl_coef=0.1)
+    _, metrics = grpo_loss(logp, old, adv, mask)
+    assert "kl" not in metrics and "entropy" not in metrics
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_aggregate_matches_loop(seed, aggregation):
+    values, _, _, _, mask = random_batch(seed)
+    expected = ref_aggregate(values.tolist(), mask.tolist(), aggregation)
+    assert aggregate(values, mask, aggregation).item() == pytest.approx(expected, abs=1e-6)
+    assert aggregate(values, mask, aggregation, normalizer=3.0).item() == pytest.approx(
+        ref_aggregate(values.tolist(), mask.tolist(), aggregation, normalizer=3.0), abs=1e-6
+    )
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_micro_batches_sum_to_the_full_batch(seed, aggregation):
+    logp, old, ref, adv, mask = random_batch(seed, max_b=12)
+    kw = dict(clip_ratio=0.2, kl_coef=0.1, ref_logp=ref, aggregation=aggregation)
+    x = logp.clone().requires_grad_()
+    full_loss, full_metrics = grpo_loss(x, old, adv, mask, **kw)
+    full_loss.backward()
+
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, logp.shape[0]), k=min(2, logp.shape[0] - 1)))
+    bounds = list(zip([0, *cuts], [*cuts, logp.shape[0]]))
+    normalizer = sum(loss_normalizer(mask[a:b], aggregation) for a, b in bounds)
+    assert normalizer == loss_normalizer(mask, aggregation)
+    y = logp.clone().requires_grad_()
+    total_loss, total_metrics = 0.0, dict.fromkeys(full_metrics, 0.0)
+    for a, b in bounds:
+        loss, metrics = grpo_loss(
+            y[a:b], old[a:b], adv[a:b], mask[a:b], **{**kw, "ref_logp": ref[a:b]}, normalizer=normalizer
+        )
+        loss.backward()  # gradients accumulate in y.grad as in a training step
+        total_loss += loss.item()
+        for k, v in metrics.items():
+            total_metrics[k] += v.item()
+    assert total_loss == pytest.approx(full_loss.item(), abs=1e-6)
+    torch.testing.assert_close(y.grad, x.grad, atol=1e-7, rtol=1e-5)
+    for k, v in full_metrics.items():
+        assert total_metrics[k] == pytest.approx(v.item(), abs=1e-6), k
+
+
+def test_loss_normalizer_counts():
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0], [0, 1, 0]])
+    assert loss_normalizer(mask, "token_mean") == 3
+    assert loss_normalizer(mask, "sequence_mean") == 2
+    with pytest.raises(ValueError, match="token_mean"):
+        loss_normalizer(mask, "sum")
