@@ -128,6 +128,9 @@ class RolloutConfig(Section):
         description="The agent workflow class, `module.path->ClassName` or `module.path:ClassName`, "
         "imported relative to the project root."
     )
+    workflow_options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the workflow's constructor."
+    )
     engine: Literal["hf", "vllm"] = Field("hf", description="`hf` (transformers, CPU or GPU) or `vllm` (GPU, extra `gpu`).")
     group_size: int = Field(4, ge=2, le=1024, description="Episodes per task; GRPO compares them with each other.")
     max_turns: int = Field(4, ge=1, le=256, description="Most LLM calls an agent makes in one episode.")
@@ -138,6 +141,12 @@ class RolloutConfig(Section):
     concurrency: int = Field(32, ge=1, le=4096, description="Episodes in flight at once (they share one batching engine).")
     max_batch_size: int = Field(
         16, ge=1, le=4096, description="Most sequences the engine decodes in one forward pass."
+    )
+    episode_timeout_seconds: float = Field(
+        600.0, gt=0, le=86_400, description="An episode running longer is stopped and recorded as a timeout."
+    )
+    max_samples_per_episode: int = Field(
+        8, ge=1, le=1024, description="Most training samples kept from one episode (turns that do not merge)."
     )
 
     @model_validator(mode="after")

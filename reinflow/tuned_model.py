@@ -1,0 +1,580 @@
+"""The policy as an AgentScope 2.x chat model: token ids in and out, every call recorded exactly.
+
+:class:`TunedModel` is a ``ChatModelBase`` that an AgentScope ``Agent`` calls like any hosted model.
+Unlike a hosted model it never leaves text to chance:
+
+1. **Formatting.** AgentScope 2.x hands a model the raw ``Msg`` list (formatting is the model's
+   job). An agent's whole reply is one assistant ``Msg`` whose blocks interleave the model's text
+   and tool calls, the tool results and the agent's hints; :func:`to_chat_messages` splits it into
+   chat turns: ``system``, ``user``, ``assistant`` (the model's earlier replies rendered back as
+   the exact text it generated, tool calls included), tool results, and hints as ``user`` turns.
+2. **Templating.** The policy tokenizer's own chat template renders the turns. Where the template
+   supports tools (``tools=`` of ``apply_chat_template``, e.g. Qwen2.5) tool schemas go there and
+   tool results are ``tool`` turns; otherwise (e.g. SmolLM2, whose template has no tool support)
+   a Hermes-style tool block is appended to the system prompt and tool results come back as a
+   ``user`` turn of ``<tool_response>...</tool_response>`` blocks, as Qwen/Hermes models see them.
+3. **Token exactness.** The engine gets token ids, and its output ids and logprobs are kept as they
+   are. When the new conversation's text extends the previous call's prompt and reply, the new
+   prompt is *the previous prompt ids + the previous output ids + the tokens of the new suffix*
+   (template tokens such as the newline after ``<|im_end|>``, tool results, the next generation
+   prompt), so turn k+1 extends turn k token for token and ``reinflow.trajectory`` merges them
+   into one sample. A reply cut off by the token limit has no EOS: the template's end-of-turn
+   token is then part of the suffix (a prompt token). When the text does not extend (the system
+   prompt or the tools changed, a template rewrote history), the conversation is re-rendered and
+   tokenized whole, and that turn becomes a separate sample.
+4. **Tool calls** are parsed from ``<tool_call>{json}</tool_call>`` (several per reply) by
+   ``reinflow.tool_calls``. A malformed call (bad JSON, unknown tool, non-object arguments, no
+   name, unclosed tag) is counted in :attr:`TunedModel.format_errors` and handed to the agent as a
+   call of the non-existent tool ``invalid_tool_call``: the agent records a tool error and goes
+   on, and the policy sees the parser's message (what exactly was wrong) as that call's result.
+5. **Reproducibility.** Nothing time- or machine-dependent enters a prompt. AgentScope 2.x adds a
+   runtime-state reminder with the current time before every model call unless the agent is built
+   with ``InjectionConfig(inject_runtime_state=False)``: build agents with
+   :meth:`TunedModel.agent_kwargs`, which sets it. A prompt that still carries a
+   ``<current-time>`` reminder raises :class:`NonReproduciblePrompt`. Sampling seeds, when given,
+   are derived from the episode seed and the turn index.
+6. **Limits.** A call whose prompt reaches ``max_model_len`` sets :attr:`TunedModel.context_overflow`
+   and raises :class:`ContextOverflow`; a call past ``max_turns`` raises :class:`TurnLimitReached`;
+   an aborted generation raises :class:`GenerationAborted`. All are :class:`EpisodeEnded`: the
+   agent lets them through (it logs one warning), they propagate out of ``agent.reply`` and the
+   workflow, and the rollout runner catches them, ending the episode cleanly with the turns
+   recorded so far (the workflow's code after ``reply`` does not run). Each call generates at most
+   ``min(max_new_tokens_per_turn, max_model_len - len(prompt_ids))`` tokens.
+
+``tool_choice`` is not enforced (a policy under training cannot be forced to call a tool without
+constrained decoding); it does not change the prompt either, so turns keep merging. AgentScope's
+context compression is switched off (``context_size`` is huge): it would rewrite history and call
+the model for summaries mid-episode; :class:`ContextOverflow` ends the episode instead.
+
+Use one ``TunedModel`` per episode: it holds the episode's turns, counters and judge inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from agentscope.agent import InjectionConfig
+from agentscope.credential import CredentialBase
+from agentscope.formatter import FormatterBase
+from agentscope.message import DataBlock, HintBlock, Msg, TextBlock, ThinkingBlock, ToolCallBlock, ToolResultBlock
+from agentscope.model import ChatModelBase, ChatResponse, ChatUsage
+from agentscope.tool import ToolChoice
+from pydantic import BaseModel, Field
+
+from reinflow.engines.base import Engine, FinishReason, SamplingParams
+from reinflow.errors import ReinflowError
+from reinflow.tool_calls import MalformedToolCall, ParsedReply, ToolCall, format_tool_call, parse_tool_calls
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from reinflow.config import RolloutConfig
+
+ChatMessage = dict[str, str]
+"""One chat-template message: ``{"role": ..., "content": ...}``."""
+
+GeneratedBlocks = Sequence[TextBlock | ToolCallBlock | ThinkingBlock]
+ReplyText = Callable[[GeneratedBlocks], "str | None"]
+"""Gives the exact generated text of a run of assistant blocks, or None if they are not one turn."""
+
+INVALID_TOOL_CALL = "invalid_tool_call"
+"""The tool name a malformed call is handed to the agent under (no real tool has it)."""
+
+NO_COMPRESSION_CONTEXT_SIZE = 2**62
+"""``ChatModelBase.context_size`` of the tuned model: so large that AgentScope never compresses."""
+
+_PROBE_TOOL = "reinflow_probe_tool"
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class EpisodeEnded(Exception):
+    """The episode cannot go on; the rollout runner catches this and keeps the recorded turns."""
+
+
+class ContextOverflow(EpisodeEnded):
+    """The prompt reached ``max_model_len``: no room is left to generate."""
+
+
+class TurnLimitReached(EpisodeEnded):
+    """The episode made ``max_turns`` LLM calls."""
+
+
+class GenerationAborted(EpisodeEnded):
+    """The engine aborted the request (it was shut down)."""
+
+
+class NonReproduciblePrompt(ReinflowError):
+    """A prompt carries wall-clock text; the message says how to configure the agent."""
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass
+class Turn:
+    """The exact record of one LLM call (satisfies ``reinflow.trajectory.TurnTokens``)."""
+
+    index: int
+    prompt_ids: list[int]
+    output_ids: list[int]
+    output_logprobs: list[float]
+    finish_reason: FinishReason
+    messages: list[ChatMessage]
+    """The chat messages the prompt was rendered from (tools included in the system prompt where
+    the template has no tool support)."""
+    tools: list[dict[str, Any]]
+    """The tool schemas offered in this call."""
+    prompt_text: str
+    response_text: str
+    """The generated text without its closing EOS."""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    """The well-formed calls: ``{"id", "name", "arguments"}``."""
+    format_errors: list[str] = field(default_factory=list)
+    """One message per malformed call."""
+    extends_previous: bool = False
+    """Whether the prompt extends the previous turn's prompt + output token for token."""
+    max_new_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class _History:
+    """The token ids of the last prompt + output, and the text they stand for."""
+
+    text: str
+    ids: list[int]
+
+
+class LocalPolicyCredential(CredentialBase):
+    """The (empty) credential of a policy served by a local reinflow engine."""
+
+    @classmethod
+    def get_chat_model_class(cls) -> type[ChatModelBase]:
+        """The model class that uses this credential."""
+        return TunedModel
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class TunedModel(ChatModelBase):
+    """The policy under training, served by a reinflow engine, as an AgentScope chat model.
+
+    Build the agent with :meth:`agent_kwargs` (it passes the model and turns off AgentScope's
+    wall-clock injection)::
+
+        model = TunedModel(engine, tokenizer, max_model_len=2048, max_new_tokens_per_turn=256)
+        agent = Agent(name="solver", system_prompt=PROMPT, toolkit=Toolkit(tools=[add_tool]),
+                      react_config=ReActConfig(max_iters=4), **model.agent_kwargs())
+
+    After the episode: :attr:`turns` (exact ids and logprobs of every call), :attr:`format_errors`,
+    :attr:`context_overflow` and :attr:`judge_input_dictionary`.
+    """
+
+    class Parameters(BaseModel):
+        """How the policy is sampled and bounded."""
+
+        max_model_len: int = Field(ge=2, description="Most tokens (prompt + output) in one sequence.")
+        max_new_tokens_per_turn: int = Field(ge=1, description="Most tokens one call generates.")
+        temperature: float = Field(ge=0.0, description="Sampling temperature; 0 is greedy.")
+        top_p: float = Field(gt=0.0, le=1.0, description="Nucleus sampling mass.")
+        seed: int | None = Field(None, ge=0, description="Episode seed; each call's seed derives from it.")
+        max_turns: int | None = Field(None, ge=1, description="Most LLM calls in the episode (None: no cap).")
+
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_model_len: int,
+        max_new_tokens_per_turn: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        max_turns: int | None = None,
+        name: str = "reinflow-policy",
+    ) -> None:
+        """``tokenizer`` is the policy's own (its chat template renders every prompt)."""
+        parameters = self.Parameters(
+            max_model_len=max_model_len,
+            max_new_tokens_per_turn=max_new_tokens_per_turn,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            max_turns=max_turns,
+        )
+        super().__init__(
+            credential=LocalPolicyCredential(name="local"),
+            model=name,
+            parameters=parameters,
+            stream=False,
+            max_retries=0,
+            context_size=NO_COMPRESSION_CONTEXT_SIZE,
+        )
+        self.engine = engine
+        self.template = ChatTemplate(tokenizer)
+        self.formatter = PolicyFormatter(tool_role=self.template.native_tools)
+        """Text only: the agent turns images or audio in user input into a text notice."""
+        self.turns: list[Turn] = []
+        self.format_errors = 0
+        """Malformed tool calls in the episode so far."""
+        self.context_overflow = False
+        """Set when a call raised :class:`ContextOverflow`."""
+        self.judge_input_dictionary: dict[str, Any] = {}
+        """Values the workflow hands to the judge (e.g. ``final_answer``)."""
+        self._history: _History | None = None
+        self._turn_of_block: dict[str, int] = {}
+        self._tool_errors: dict[str, str] = {}
+
+    @classmethod
+    def from_rollout_config(
+        cls, engine: Engine, tokenizer: PreTrainedTokenizerBase, rollout: RolloutConfig, seed: int | None = None
+    ) -> TunedModel:
+        """A model sampled and bounded as the config's ``rollout`` section says."""
+        return cls(
+            engine,
+            tokenizer,
+            max_model_len=rollout.max_model_len,
+            max_new_tokens_per_turn=rollout.max_new_tokens_per_turn,
+            temperature=rollout.temperature,
+            top_p=rollout.top_p,
+            seed=seed,
+            max_turns=rollout.max_turns,
+        )
+
+    def agent_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``agentscope.agent.Agent``: this model, and no wall-clock injection."""
+        return {"model": self, "injection_config": InjectionConfig(inject_runtime_state=False)}
+
+    def update_judge_input_dictionary(self, **values: Any) -> None:
+        """Store values for the judge, e.g. ``final_answer=...``; later calls add or overwrite keys."""
+        self.judge_input_dictionary.update(values)
+
+    async def _call_api(
+        self,
+        model_name: str,
+        messages: list[Msg],
+        tools: list[dict] | None = None,
+        tool_choice: ToolChoice | None = None,
+        **kwargs: Any,
+    ) -> ChatResponse:
+        """Render, generate, record and parse one call (see the module docstring)."""
+        started = time.perf_counter()
+        self._check_turn_limit()
+        tools = tools or []
+        chat = await self._chat_messages(messages, tools)
+        prompt_text = self.template.render(chat, tools)
+        prompt_ids, extends = self._prompt_ids(prompt_text)
+        sampling = self._sampling(len(prompt_ids))
+        generation = await self.engine.generate(prompt_ids, sampling)
+        if generation.finish_reason == "abort":
+            raise GenerationAborted(f"turn {len(self.turns)}: the engine aborted the request")
+        response_text, stop_text = self._split_reply(generation.token_ids, generation.finish_reason)
+        turn = Turn(
+            index=len(self.turns),
+            prompt_ids=prompt_ids,
+            output_ids=list(generation.token_ids),
+            output_logprobs=list(generation.logprobs),
+            finish_reason=generation.finish_reason,
+            messages=chat,
+            tools=tools,
+            prompt_text=prompt_text,
+            response_text=response_text,
+            extends_previous=extends,
+            max_new_tokens=sampling.max_new_tokens,
+        )
+        blocks = self._record(turn, parse_tool_calls(response_text, _tool_names(tools)))
+        self._history = _History(prompt_text + response_text + stop_text, prompt_ids + turn.output_ids)
+        elapsed = time.perf_counter() - started
+        usage = ChatUsage(input_tokens=len(prompt_ids), output_tokens=len(turn.output_ids), time=elapsed)
+        return ChatResponse(content=blocks, is_last=True, usage=usage)
+
+    # ------------------------------------------------------------------------- steps of a call
+
+    def _check_turn_limit(self) -> None:
+        max_turns = self.parameters.max_turns
+        if max_turns is not None and len(self.turns) >= max_turns:
+            raise TurnLimitReached(f"the episode made its {max_turns} LLM calls (max_turns)")
+
+    async def _chat_messages(self, messages: list[Msg], tools: list[dict]) -> list[ChatMessage]:
+        _check_reproducible(messages)
+        chat = await self.formatter.format(messages, reply_text=self._reply_text, tool_errors=self._tool_errors)
+        if tools and not self.template.native_tools:
+            chat = with_tool_block(chat, tools)
+        return chat
+
+    def _reply_text(self, blocks: GeneratedBlocks) -> str | None:
+        """The exact generated text of a run of assistant blocks that all come from one turn."""
+        turns = {self._turn_of_block.get(block.id) for block in blocks}
+        if len(turns) != 1 or None in turns:
+            return None
+        return self.turns[turns.pop()].response_text
+
+    def _prompt_ids(self, prompt_text: str) -> tuple[list[int], bool]:
+        """The prompt ids, extending the last prompt + output where the text allows it."""
+        history = self._history
+        if history is not None and prompt_text.startswith(history.text):
+            return history.ids + self.template.encode(prompt_text[len(history.text) :]), True
+        return self.template.encode(prompt_text), False
+
+    def _sampling(self, prompt_len: int) -> SamplingParams:
+        params: TunedModel.Parameters = self.parameters
+        room = params.max_model_len - prompt_len
+        if room <= 0:
+            self.context_overflow = True
+            raise ContextOverflow(
+                f"turn {len(self.turns)}: the prompt has {prompt_len} tokens, max_model_len is {params.max_model_len}"
+            )
+        seed = None if params.seed is None else (params.seed * 1_000_003 + len(self.turns)) % 2**63
+        return SamplingParams(
+            max_new_tokens=min(params.max_new_tokens_per_turn, room),
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=seed,
+        )
+
+    def _split_reply(self, output_ids: Sequence[int], finish_reason: FinishReason) -> tuple[str, str]:
+        """(reply text without the closing EOS, the EOS text); a reply cut by length has no EOS."""
+        if finish_reason == "stop" and output_ids:
+            return self.template.decode(output_ids[:-1]), self.template.decode(output_ids[-1:])
+        return self.template.decode(output_ids), ""
+
+    def _record(self, turn: Turn, parsed: ParsedReply) -> list[TextBlock | ToolCallBlock]:
+        """Store the turn, count its format errors and build the response blocks for the agent."""
+        blocks: list[TextBlock | ToolCallBlock] = []
+        if parsed.text or not parsed.calls:
+            blocks.append(TextBlock(text=parsed.text))
+        for position, call in enumerate(parsed.calls):
+            call_id = f"call_{turn.index}_{position}"
+            if isinstance(call, ToolCall):
+                turn.tool_calls.append({"id": call_id, "name": call.name, "arguments": call.arguments})
+                blocks.append(ToolCallBlock(id=call_id, name=call.name, input=json.dumps(call.arguments)))
+            else:
+                turn.format_errors.append(call.error)
+                self._tool_errors[call_id] = call.error
+                blocks.append(_invalid_call_block(call_id, call))
+        self.format_errors += len(turn.format_errors)
+        self.turns.append(turn)
+        self._turn_of_block.update((block.id, turn.index) for block in blocks)
+        return blocks
+
+
+# ----------------------------------------------------------------------------- templating
+
+
+class ChatTemplate:
+    """The policy tokenizer's chat template, its tool support, and exact encode/decode."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self.native_tools = _renders_tools(tokenizer)
+        """Whether the template itself renders ``tools=`` (and ``tool`` turns)."""
+
+    def render(self, chat: list[ChatMessage], tools: list[dict]) -> str:
+        """The prompt text, ending with the generation prompt."""
+        native = tools if (tools and self.native_tools) else None
+        return self.tokenizer.apply_chat_template(chat, tools=native, add_generation_prompt=True, tokenize=False)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; the template writes every special token itself."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``, special tokens kept, no clean-up (so the text re-renders as generated)."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _renders_tools(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the chat template shows a tool passed as ``tools=`` (a probe render)."""
+    schema = {"name": _PROBE_TOOL, "description": "", "parameters": {"type": "object", "properties": {}}}
+    probe = {"type": "function", "function": schema}
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tools=[probe], tokenize=False)
+    return _PROBE_TOOL in text
+
+
+def hermes_tool_block(tools: Sequence[Mapping[str, Any]]) -> str:
+    """The Qwen2.5/Hermes tool instructions for a system prompt, one JSON schema per line."""
+    schemas = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
+    return (
+        "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+        "You are provided with function signatures within <tools></tools> XML tags:\n"
+        f"<tools>\n{schemas}\n</tools>\n\n"
+        "For each function call, return a json object with function name and arguments within "
+        "<tool_call></tool_call> XML tags:\n"
+        '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+    )
+
+
+def with_tool_block(chat: list[ChatMessage], tools: Sequence[Mapping[str, Any]]) -> list[ChatMessage]:
+    """``chat`` with the Hermes tool block appended to its system prompt (added if missing)."""
+    block = hermes_tool_block(tools)
+    if chat and chat[0]["role"] == "system":
+        return [{"role": "system", "content": f"{chat[0]['content']}\n\n{block}"}, *chat[1:]]
+    return [{"role": "system", "content": block}, *chat]
+
+
+# ----------------------------------------------------------------------------- Msg -> chat turns
+
+
+class PolicyFormatter(FormatterBase):
+    """The AgentScope formatter of the tuned model: ``Msg``s to chat-template turns, text only."""
+
+    input_types: list[str] = Field(default_factory=lambda: ["text/plain"])
+    tool_role: bool = Field(False, description="Tool results as `tool` turns (templates with tool support).")
+
+    async def format(
+        self,
+        msgs: list[Msg],
+        reply_text: ReplyText | None = None,
+        tool_errors: Mapping[str, str] | None = None,
+    ) -> list[ChatMessage]:
+        """Chat turns of ``msgs`` (see :func:`to_chat_messages`; without ``reply_text`` every
+        earlier reply is rendered from its blocks)."""
+        self.assert_list_of_msgs(msgs)
+        return to_chat_messages(
+            msgs, reply_text=reply_text or _no_reply_text, tool_errors=tool_errors or {}, tool_role=self.tool_role
+        )
+
+
+def _no_reply_text(blocks: GeneratedBlocks) -> None:
+    return None
+
+
+def to_chat_messages(
+    messages: Sequence[Msg],
+    *,
+    reply_text: ReplyText,
+    tool_errors: Mapping[str, str],
+    tool_role: bool,
+) -> list[ChatMessage]:
+    """Split AgentScope messages into chat-template turns.
+
+    ``reply_text(blocks) -> str | None`` gives the exact generated text of a run of assistant
+    blocks (None: not one recorded turn, render the blocks generically). ``tool_errors`` maps the
+    id of a malformed call to the message shown as its result. ``tool_role``: tool results as
+    ``tool`` turns (templates with tool support) or as one ``user`` turn of ``<tool_response>``
+    blocks per run of results.
+    """
+    chat: list[ChatMessage] = []
+    for msg in messages:
+        if msg.role == "assistant":
+            chat.extend(_assistant_turns(msg, reply_text, tool_errors, tool_role))
+        else:
+            chat.append({"role": msg.role, "content": _plain_text(msg.content, msg.role)})
+    return chat
+
+
+def _assistant_turns(
+    msg: Msg, reply_text: ReplyText, tool_errors: Mapping[str, str], tool_role: bool
+) -> list[ChatMessage]:
+    """An agent's reply message: generated runs, tool-result runs and hints, in order."""
+    turns: list[ChatMessage] = []
+    generated: list[TextBlock | ToolCallBlock | ThinkingBlock] = []
+    results: list[ToolResultBlock] = []
+    call_order: dict[str, int] = {}
+
+    def flush() -> None:
+        if generated:
+            exact = reply_text(generated)
+            turns.append({"role": "assistant", "content": _generic_reply(generated) if exact is None else exact})
+            generated.clear()
+        if results:
+            ordered = sorted(results, key=lambda result: call_order.get(result.id, len(call_order)))
+            turns.extend(_tool_turns(ordered, tool_errors, tool_role))
+            results.clear()
+
+    for block in msg.content:
+        if isinstance(block, (TextBlock, ToolCallBlock, ThinkingBlock)):
+            if results:
+                flush()
+            if isinstance(block, ToolCallBlock):
+                call_order[block.id] = len(call_order)
+            generated.append(block)
+        elif isinstance(block, ToolResultBlock):
+            if generated:
+                flush()
+            results.append(block)
+        elif isinstance(block, HintBlock):
+            flush()
+            turns.append({"role": "user", "content": _plain_text([block], "hint")})
+        else:
+            raise ValueError(f"a text policy cannot read a {type(block).__name__} in an assistant message")
+    flush()
+    return turns
+
+
+def _generic_reply(blocks: GeneratedBlocks) -> str:
+    """An assistant reply the policy did not generate (e.g. written by hand into the memory)."""
+    parts = []
+    for block in blocks:
+        if isinstance(block, TextBlock):
+            parts.append(block.text)
+        elif isinstance(block, ToolCallBlock):
+            parts.append(format_tool_call(block.name, _arguments(block.input)))
+    return "\n".join(part for part in parts if part)
+
+
+def _arguments(raw: str) -> Any:
+    """A tool call's input as JSON where it parses, else the raw string."""
+    try:
+        return json.loads(raw or "{}")
+    except json.JSONDecodeError:
+        return raw
+
+
+def _tool_turns(
+    results: Sequence[ToolResultBlock], tool_errors: Mapping[str, str], tool_role: bool
+) -> list[ChatMessage]:
+    texts = [_tool_result_text(result, tool_errors) for result in results]
+    if tool_role:
+        return [{"role": "tool", "content": text} for text in texts]
+    content = "\n".join(f"<tool_response>\n{text}\n</tool_response>" for text in texts)
+    return [{"role": "user", "content": content}]
+
+
+def _tool_result_text(result: ToolResultBlock, tool_errors: Mapping[str, str]) -> str:
+    if result.id in tool_errors:
+        return f"Error: {tool_errors[result.id]}"
+    if isinstance(result.output, str):
+        return result.output
+    return _plain_text(result.output, f"result of tool '{result.name}'")
+
+
+def _plain_text(blocks: Sequence[Any], where: str) -> str:
+    """The text of text and hint blocks; anything else (images, audio) is an error for a text policy."""
+    parts = []
+    for block in blocks:
+        if isinstance(block, TextBlock):
+            parts.append(block.text)
+        elif isinstance(block, HintBlock):
+            parts.append(block.hint if isinstance(block.hint, str) else _plain_text(block.hint, where))
+        else:
+            kind = block.source.media_type if isinstance(block, DataBlock) else type(block).__name__
+            raise ValueError(f"a text policy cannot read {kind} content (in a {where} message)")
+    return "\n".join(parts)
+
+
+def _invalid_call_block(call_id: str, call: MalformedToolCall) -> ToolCallBlock:
+    """A malformed call, handed to the agent under a tool name no toolkit has (it answers with an error)."""
+    return ToolCallBlock(id=call_id, name=INVALID_TOOL_CALL, input=json.dumps({"raw": call.raw, "error": call.error}))
+
+
+def _tool_names(tools: Sequence[Mapping[str, Any]]) -> set[str]:
+    return {tool["function"]["name"] for tool in tools}
+
+
+def _check_reproducible(messages: Sequence[Msg]) -> None:
+    """Refuse prompts with AgentScope's wall-clock reminder in them."""
+    for msg in messages:
+        for block in msg.content:
+            if isinstance(block, HintBlock) and "<current-time>" in _plain_text([block], "hint"):
+                raise NonReproduciblePrompt(
+                    "the agent injected the current time into the prompt, so episodes are not reproducible; "
+                    "build the agent with Agent(..., **model.agent_kwargs()) or pass "
+                    "injection_config=InjectionConfig(inject_runtime_state=False)"
+                )
