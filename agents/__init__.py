@@ -1,0 +1,1 @@
+"""Agent workflows shipped with reinflow (users' own live in their own folders)."""
