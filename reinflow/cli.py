@@ -87,6 +87,25 @@ def prepare_data(
         )
 
 
+@app.command("rollout")
+def rollout(
+    conf: Annotated[Path, typer.Option("--conf", "-c", help="Experiment YAML file.")],
+    overrides: OverridesArg = None,
+    task: Annotated[int, typer.Option("--task", help="Row of the train split to run (0-based).", min=0)] = 0,
+    episodes: Annotated[int, typer.Option("--episodes", help="Episodes to run for that task.", min=1)] = 1,
+) -> None:
+    """Run one task in this process and print each episode turn by turn (breakpoints work)."""
+    from reinflow.debug_rollout import debug_rollout, print_episode
+
+    try:
+        config = load_config(conf, overrides or [])
+        rows = debug_rollout(config, Path.cwd(), task, episodes)
+    except ReinflowError as error:
+        _fail(str(error))
+    for row in rows:
+        print_episode(out, row)
+
+
 def _data_config(
     conf: Path | None, overrides: list[str], target: str | None, path: Path | None, subset: str | None
 ) -> DataConfig:

@@ -25,7 +25,14 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
+
+from reinflow.config import JudgeConfig
+from reinflow.errors import ReinflowError
+from reinflow.plugins import PluginError, import_class
 
 
 class Judge(ABC):
@@ -99,3 +106,13 @@ async def judge_all(
         return verdict
 
     return list(await asyncio.gather(*(bounded(item) for item in judge_inputs)))
+
+
+def load_judge(config: JudgeConfig, project_root: Path) -> Any:
+    """Import and construct the configured judge; problems become one-line PluginErrors."""
+    cls = import_class(config.protocol, project_root, "judge", ("compute_reward",))
+    try:
+        return cls(**config.options)
+    except (TypeError, ValidationError, ReinflowError) as error:
+        first = str(error).splitlines()[0]
+        raise PluginError(f"judge '{config.protocol}': bad judge.options: {first}") from None

@@ -1,0 +1,238 @@
+"""Rollout throughput of the `hf` engine on the built-in model (SmolLM2-135M-Instruct, fp32, CPU).
+
+    .venv/bin/python bench/rollout_engine.py            # ~5 minutes on 2 cores
+
+Measures generated tokens/s of:
+
+- engine, 16 streams: 16 concurrent episodes, each sending ``--requests-per-stream`` requests one
+  after another (a new request joins the running batch as soon as its predecessor stops: the
+  steady state of an agent rollout);
+- engine, 16 at once: the first request of every stream, all submitted together (the batch drains
+  as requests stop at different lengths);
+- (a) the same 16 requests one at a time through the same engine (concurrency 1);
+- (b) the decode floor: 16 / the time of one pass of a 16-row input through every ``nn.Linear`` of
+  the model (lm_head included; no attention, no sampling), best of ``--floor-passes`` passes taken
+  before and after the engine runs (the machine may be shared: the best pass is the least disturbed);
+- (b') the same pass through the engine's own linear layers (q/k/v and gate/up fused, weights packed
+  once for oneDNN): the floor of the engine as built;
+- plain ``model.generate`` on the same 16 requests as one left-padded batch (it cannot stop rows at
+  their own max_new_tokens, so only each row's own budget of tokens is counted), for context.
+
+Requests: real chat-templated GSM8K questions (``$REINFLOW_GSM8K_DIR``, default
+``../shared/data/gsm8k``; a few built-in questions where absent), ``max_new_tokens`` drawn from
+32..128, temperature 1, top_p 1, a fixed seed per request (the same tokens in every mode).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import asyncio
+import json
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from reinflow.engines.base import SamplingParams
+from reinflow.engines.hf import HFEngine
+from reinflow.models import SMOLLM2, resolve_model
+
+FALLBACK_QUESTIONS = [
+    "A baker makes 24 muffins and sells 3 boxes of 5. How many muffins are left?",
+    "Tom reads 12 pages a day. How many pages does he read in 3 weeks?",
+    "A train travels 60 km per hour for 2.5 hours. How far does it go?",
+    "Sara has $40 and buys two books at $7.50 each. How much money does she have left?",
+]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One benchmark request."""
+
+    prompt_ids: list[int]
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True)
+class Result:
+    """Generated tokens and wall time of one mode."""
+
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+
+def questions(count: int) -> list[str]:
+    """``count`` GSM8K test questions (or the built-in fallback, repeated)."""
+    folder = Path(os.environ.get("REINFLOW_GSM8K_DIR", Path(__file__).resolve().parents[2] / "shared/data/gsm8k"))
+    path = folder / "test.jsonl"
+    if not path.is_file():
+        return [FALLBACK_QUESTIONS[i % len(FALLBACK_QUESTIONS)] for i in range(count)]
+    with path.open() as lines:
+        return [json.loads(line)["question"] for _, line in zip(range(count), lines)]
+
+
+def make_requests(tokenizer, count: int, seed: int) -> list[Request]:
+    """Chat-templated questions with ragged max_new_tokens and one sampling seed each."""
+    draw = random.Random(seed)
+    requests = []
+    for index, question in enumerate(questions(count)):
+        messages = [{"role": "user", "content": question}]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        sampling = SamplingParams(max_new_tokens=draw.randint(32, 128), temperature=1.0, top_p=1.0, seed=index)
+        requests.append(Request(list(ids), sampling))
+    return requests
+
+
+async def run_streams(engine: HFEngine, streams: list[list[Request]]) -> Result:
+    """Every stream sends its requests one after another; all streams run concurrently."""
+
+    async def stream(requests: list[Request]) -> int:
+        tokens = 0
+        for request in requests:
+            tokens += len((await engine.generate(request.prompt_ids, request.sampling)).token_ids)
+        return tokens
+
+    started = time.perf_counter()
+    counts = await asyncio.gather(*(stream(requests) for requests in streams))
+    return Result(sum(counts), time.perf_counter() - started)
+
+
+def linear_floor(model, rows: int, passes: int) -> float:
+    """Best time (s) of one pass of a ``rows``-row input through every nn.Linear (lm_head included)."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return best_pass([(m, m.in_features) for m in linears], rows, passes)
+
+
+def engine_floor(engine: HFEngine, rows: int, passes: int) -> float:
+    """Best time (s) of one pass through the engine's own (fused, packed) linear layers."""
+    decoder = engine._decoder  # the engine's internals: measured, not changed
+    hidden = engine.model.config.hidden_size
+    intermediate = engine.model.config.intermediate_size
+    linears = [(layer[name], intermediate if name == "down" else hidden)
+               for layer in decoder.layers for name in ("qkv", "o", "gate_up", "down")]
+    return best_pass(linears + [(decoder.lm_head, hidden)], rows, passes)
+
+
+def best_pass(linears: list, rows: int, passes: int) -> float:
+    """Best time (s) of calling every ``(linear, in_features)`` on a ``rows``-row input."""
+    inputs = {width: torch.randn(rows, width) for _, width in linears}
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(passes + 1):
+            started = time.perf_counter()
+            for linear, width in linears:
+                linear(inputs[width])
+            best = min(best, time.perf_counter() - started)
+    return best
+
+
+def plain_generate(model, tokenizer, requests: list[Request]) -> Result:
+    """One left-padded ``model.generate`` batch; counts each row's tokens up to its own budget/EOS."""
+    tokenizer.padding_side = "left"
+    batch = tokenizer.pad({"input_ids": [r.prompt_ids for r in requests]}, return_tensors="pt")
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(**batch, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                             max_new_tokens=max(r.sampling.max_new_tokens for r in requests))
+    seconds = time.perf_counter() - started
+    new = out[:, batch["input_ids"].shape[1]:].tolist()
+    tokens = sum(_until_eos(row, tokenizer.eos_token_id, r.sampling.max_new_tokens) for row, r in zip(new, requests))
+    return Result(tokens, seconds)
+
+
+def _until_eos(row: list[int], eos: int, budget: int) -> int:
+    """Tokens of ``row`` up to and including the first EOS, at most ``budget``."""
+    return min(row.index(eos) + 1 if eos in row else len(row), budget)
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or the platform's processor string)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+async def engine_modes(folder: Path, streams: list[list[Request]], first: list[Request],
+                       floor_passes: int) -> tuple[dict[str, Result], float]:
+    """The three engine measurements on one engine, and its own linear floor (s)."""
+    engine = HFEngine(folder, dtype="float32", max_model_len=2048, max_batch_size=len(streams))
+    await engine.generate(first[0].prompt_ids, SamplingParams(max_new_tokens=4, temperature=1.0, top_p=1.0))
+    own_floor = engine_floor(engine, len(streams), floor_passes)
+    results = {"streams": await run_streams(engine, streams)}
+    print(f"  engine, {len(streams)} streams: {results['streams'].tokens_per_second:.1f} tok/s, "
+          f"mean rows/step {engine.stats.mean_rows:.1f}, "
+          f"passes with a prefill {engine.stats.prefill_seconds:.1f}s of {engine.stats.busy_seconds:.1f}s busy",
+          flush=True)
+    results["at_once"] = await run_streams(engine, [[r] for r in first])
+    print(f"  engine, {len(first)} at once: {results['at_once'].tokens_per_second:.1f} tok/s", flush=True)
+    results["sequential"] = await run_streams(engine, [first])
+    print(f"  engine, one at a time: {results['sequential'].tokens_per_second:.1f} tok/s", flush=True)
+    await engine.close()
+    return results, own_floor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--requests-per-stream", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--floor-passes", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    folder = resolve_model(SMOLLM2)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    requests = make_requests(tokenizer, args.streams * args.requests_per_stream, seed=0)
+    streams = [requests[i :: args.streams] for i in range(args.streams)]
+    first = [s[0] for s in streams]
+    print(f"machine: {cpu_model()}, torch threads {torch.get_num_threads()}, "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, torch {torch.__version__}", flush=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    floor_before = linear_floor(model, args.streams, args.floor_passes)
+    results, own_floor = asyncio.run(engine_modes(folder, streams, first, args.floor_passes))
+    plain = plain_generate(model, tokenizer, first)
+    print(f"  plain generate: {plain.tokens_per_second:.1f} tok/s", flush=True)
+    floor_seconds = min(floor_before, linear_floor(model, args.streams, args.floor_passes))
+    print_table(results, floor_seconds, own_floor, plain, args.streams)
+
+
+def print_table(results: dict[str, Result], floor_seconds: float, own_floor_seconds: float, plain: Result,
+                rows: int) -> None:
+    """The summary: absolute tokens/s and ratios to (a) and (b)."""
+    sequential = results["sequential"].tokens_per_second
+    floor = rows / floor_seconds
+    lines = [
+        (f"engine, {rows} streams x back-to-back requests", results["streams"]),
+        (f"engine, {rows} requests at once (batch drains)", results["at_once"]),
+        ("(a) engine, same requests one at a time", results["sequential"]),
+        (f"plain model.generate, batch {rows} (left-padded)", plain),
+    ]
+    print(f"\n{'mode':<48} {'tokens':>7} {'s':>7} {'tok/s':>7} {'/ (a)':>6} {'/ (b)':>6}")
+    for name, result in lines:
+        rate = result.tokens_per_second
+        print(f"{name:<48} {result.tokens:>7} {result.seconds:>7.1f} {rate:>7.1f} {rate / sequential:>6.2f} {rate / floor:>6.2f}")
+    print(f"{f'(b) decode floor: all nn.Linear at batch {rows}':<48} {'':>7} {floor_seconds:>7.3f} {floor:>7.1f} "
+          f"{floor / sequential:>6.2f} {1.0:>6.2f}")
+    own = rows / own_floor_seconds
+    label = f"(b') engine linears (fused, packed) at batch {rows}"
+    print(f"{label:<48} {'':>7} {own_floor_seconds:>7.3f} "
+          f"{own:>7.1f} {own / sequential:>6.2f} {own / floor:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Prefect flows: prepare_data (download → Parquet shards); train and evaluate come later."""

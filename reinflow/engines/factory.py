@@ -1,0 +1,28 @@
+"""Build the configured engine: ``hf`` (transformers, any device) or ``vllm`` (GPU, optional extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from reinflow.engines.base import Engine
+
+EngineKind = Literal["hf", "vllm"]
+
+
+def create_engine(kind: EngineKind, model_folder: Path | str, *, dtype: str = "float32", max_model_len: int,
+                  max_batch_size: int, device: str | torch.device | None = None) -> Engine:
+    """An engine serving ``model_folder``; vLLM is imported only when asked for."""
+    if kind == "hf":
+        from reinflow.engines.hf import HFEngine
+
+        return HFEngine(model_folder, dtype=dtype, max_model_len=max_model_len, max_batch_size=max_batch_size,
+                        device=device)
+    if kind == "vllm":
+        from reinflow.engines.vllm import VLLMEngine
+
+        return VLLMEngine(model_folder, dtype=dtype, max_model_len=max_model_len, max_batch_size=max_batch_size,
+                          device=device)
+    raise ValueError(f"unknown engine kind '{kind}': use 'hf' or 'vllm'")

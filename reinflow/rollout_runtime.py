@@ -1,0 +1,104 @@
+"""What a rollout needs that is expensive to build: the engine (model loaded), the tokenizer and
+the user's workflow object. Built once per process and reused across iterations."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from reinflow.config import ExperimentConfig
+from reinflow.engines.base import Engine
+from reinflow.models import resolve_model
+from reinflow.plugins import PluginError, import_class
+from reinflow.rollout import ModelFactory, plan_episodes, run_rollout
+from reinflow.task_cursor import next_tasks
+from reinflow.tuned_model import TunedModel
+from reinflow.workflow import Workflow
+
+
+@dataclass
+class RolloutRuntime:
+    """The engine, tokenizer and workflow of one configured rollout."""
+
+    config: ExperimentConfig
+    engine: Engine
+    tokenizer: Any
+    workflow: Workflow
+
+    def model_factory(self) -> ModelFactory:
+        """A fresh TunedModel per episode, all over the one shared engine."""
+        return lambda seed: TunedModel.from_rollout_config(self.engine, self.tokenizer, self.config.rollout, seed)
+
+
+def build_runtime(config: ExperimentConfig, project_root: Path) -> RolloutRuntime:
+    """Load the workflow first (cheap, and the likeliest to be misconfigured), then the model."""
+    from transformers import AutoTokenizer
+
+    from reinflow.engines.factory import create_engine
+
+    workflow = load_workflow(config, project_root)
+    folder = resolve_model(config.model.path)
+    engine = create_engine(
+        config.rollout.engine,
+        folder,
+        dtype=config.model.dtype,
+        max_model_len=config.rollout.max_model_len,
+        max_batch_size=config.rollout.max_batch_size,
+    )
+    return RolloutRuntime(config, engine, AutoTokenizer.from_pretrained(folder), workflow)
+
+
+def load_workflow(config: ExperimentConfig, project_root: Path) -> Workflow:
+    """Import and construct the configured workflow; problems become one-line PluginErrors."""
+    name = config.rollout.workflow
+    cls = import_class(name, project_root, "workflow", ("run",))
+    if not issubclass(cls, Workflow):
+        raise PluginError(f"workflow '{name}': {cls.__name__} must subclass reinflow.Workflow")
+    try:
+        return cls(**config.rollout.workflow_options)
+    except (TypeError, ValidationError) as error:
+        first = str(error).splitlines()[0]
+        raise PluginError(f"workflow '{name}': bad rollout.workflow_options: {first}") from None
+
+
+def rollout_iteration(
+    runtime: RolloutRuntime, data_path: Path, iteration: int, cursor: int, output: Path
+) -> tuple[dict[str, float], int]:
+    """Roll out the next ``tasks_per_iteration`` tasks into ``output``; return metrics and new cursor."""
+    config = runtime.config
+    tasks, next_cursor = next_tasks(data_path, config.data.train_split, cursor, config.data.tasks_per_iteration)
+    plans = plan_episodes(tasks, config.rollout.group_size, config.train.seed, iteration)
+    metrics = asyncio.run(
+        run_rollout(
+            runtime.workflow,
+            plans,
+            runtime.model_factory(),
+            output,
+            iteration=iteration,
+            concurrency=config.rollout.concurrency,
+            episode_timeout_seconds=config.rollout.episode_timeout_seconds,
+            max_samples_per_episode=config.rollout.max_samples_per_episode,
+        )
+    )
+    return metrics, next_cursor
+
+
+_RUNTIMES: dict[str, RolloutRuntime] = {}
+
+
+def runtime_for(config: ExperimentConfig, project_root: Path) -> RolloutRuntime:
+    """The process's runtime for this model/engine/workflow, built on first use."""
+    key = "|".join(
+        [config.model.path, config.model.dtype, config.rollout.engine, str(config.rollout.max_model_len),
+         str(config.rollout.max_batch_size), config.rollout.workflow, str(sorted(config.rollout.workflow_options.items())),
+         str(project_root.resolve())]
+    )
+    if key not in _RUNTIMES:
+        _RUNTIMES[key] = build_runtime(config, project_root)
+    runtime = _RUNTIMES[key]
+    runtime.config = config
+    return runtime

@@ -1,0 +1,28 @@
+"""Prefect task: judge ``rollouts/iter_N.parquet`` into ``judged/iter_N.parquet``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from reinflow.config import ExperimentConfig
+from reinflow.judge import load_judge
+from reinflow.judge_rollouts import judge_rollout_file
+
+
+@task(name="judge", task_run_name="judge-iter-{iteration}", persist_result=True, cache_policy=INPUTS + TASK_SOURCE)
+def judge(config: dict[str, Any], project_root: str, run_dir: str, iteration: int, rollout_path: str) -> dict[str, Any]:
+    """Judge every episode (bounded concurrency, errors isolated); return ``{"path", "metrics"}``."""
+    experiment = ExperimentConfig.model_validate(config)
+    judge_object = load_judge(experiment.judge, Path(project_root))
+    output = Path(run_dir) / "judged" / f"iter_{iteration}.parquet"
+    metrics = judge_rollout_file(Path(rollout_path), output, judge_object, experiment.judge)
+    get_run_logger().info(
+        "iteration %d: reward %.3f ± %.3f, success %.1f%%, judge errors %.1f%%, groups without signal %.1f%%",
+        iteration, metrics["reward_mean"], metrics["reward_std"], 100 * metrics["success_rate"],
+        100 * metrics["judge_error_rate"], 100 * metrics["groups_without_signal_share"],
+    )
+    return {"path": str(output), "metrics": metrics}

@@ -1,0 +1,33 @@
+"""Prefect task: roll out one iteration's episodes into ``<run_dir>/rollouts/iter_N.parquet``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from reinflow.config import ExperimentConfig
+from reinflow.rollout_runtime import rollout_iteration, runtime_for
+
+
+@task(name="rollout", task_run_name="rollout-iter-{iteration}", persist_result=True,
+      cache_policy=INPUTS + TASK_SOURCE)
+def rollout(config: dict[str, Any], project_root: str, run_dir: str, iteration: int, cursor: int) -> dict[str, Any]:
+    """Run ``group_size`` episodes for each of the next tasks from ``cursor``.
+
+    Returns ``{"path", "next_cursor", "metrics"}``. ``config`` is the validated config as a dict
+    (hashable for the cache key); the engine and workflow are built once per process.
+    """
+    experiment = ExperimentConfig.model_validate(config)
+    root = Path(project_root)
+    output = Path(run_dir) / "rollouts" / f"iter_{iteration}.parquet"
+    runtime = runtime_for(experiment, root)
+    metrics, next_cursor = rollout_iteration(runtime, root / experiment.data.path, iteration, cursor, output)
+    get_run_logger().info(
+        "iteration %d: %d episodes, %.0f generated tokens (%.1f tok/s), %d failed, %d timed out",
+        iteration, metrics["episodes"], metrics["generated_tokens"], metrics["generated_tokens_per_second"],
+        metrics["episodes_failed"], metrics["episodes_timeout"],
+    )
+    return {"path": str(output), "next_cursor": next_cursor, "metrics": metrics}

@@ -1,0 +1,242 @@
+"""The `hf` engine on the tiny random Llama: exactness against transformers, continuous batching,
+stops, seeded sampling, shutdown, weight swaps, and many concurrent callers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from reinflow.engines.base import Generation, SamplingParams
+from reinflow.engines.factory import create_engine
+from reinflow.engines.hf import EngineBusyError, EngineClosedError, HFEngine
+from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
+
+PROMPTS = [[1, 9, 40, 7], [1, 300, 301, 302, 303, 304, 305, 306, 307, 308, 309, 310], [1, 5], [1, 77, 88, 99, 111, 222, 333],
+           [1] + list(range(1000, 1040)), [1, 42, 42, 42, 42, 42]]
+MAX_NEW = [9, 21, 5, 14, 30, 1]
+
+
+def greedy(max_new_tokens: int) -> SamplingParams:
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0)
+
+
+def sampled(max_new_tokens: int, seed: int | None, temperature: float = 1.0, top_p: float = 1.0) -> SamplingParams:
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def folder() -> Path:
+    return resolve_model(TINY_RANDOM_LLAMA)
+
+
+@pytest.fixture(scope="module")
+def reference(folder: Path):
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def with_engine(folder: Path, body: Callable[[HFEngine], Coroutine[Any, Any, Any]], **options: Any) -> Any:
+    """Run ``body(engine)`` on a fresh engine in a fresh event loop, closing the engine after."""
+    options = {"max_model_len": 512, "max_batch_size": 4} | options
+
+    async def main() -> Any:
+        engine = HFEngine(folder, **options)
+        try:
+            return await body(engine)
+        finally:
+            await engine.close()
+
+    return asyncio.run(main())
+
+
+def recomputed_logprobs(model, prompt: list[int], generation: Generation, temperature: float) -> torch.Tensor:
+    """What a trainer computes: one full forward pass over prompt + output, fp32."""
+    ids = torch.tensor([prompt + generation.token_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt) - 1 : -1] / (temperature or 1.0)
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(generation.token_ids)[:, None])[:, 0]
+
+
+def test_batched_greedy_equals_sequential_generate(folder, reference):
+    """Ragged prompts and budgets through one batch give exactly HF's one-at-a-time greedy tokens."""
+
+    async def body(engine: HFEngine) -> list[Generation]:
+        return await asyncio.gather(*(engine.generate(p, greedy(n)) for p, n in zip(PROMPTS, MAX_NEW)))
+
+    results = with_engine(folder, body)
+    for prompt, budget, result in zip(PROMPTS, MAX_NEW, results):
+        with torch.no_grad():
+            out = reference.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                     max_new_tokens=budget, do_sample=False)
+        assert result.token_ids == out[0, len(prompt):].tolist()
+        assert (result.finish_reason, len(result.token_ids)) == ("length", budget)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1.3])
+def test_logprobs_match_full_forward(folder, reference, temperature):
+    """Measured here: max |engine - recomputed| is ~1e-6 (fp32); the bound is 1e-4."""
+
+    async def body(engine: HFEngine) -> list[Generation]:
+        return await asyncio.gather(*(engine.generate(p, sampled(n + 10, seed=i, temperature=temperature))
+                                      for i, (p, n) in enumerate(zip(PROMPTS, MAX_NEW))))
+
+    for prompt, result in zip(PROMPTS, with_engine(folder, body)):
+        expected = recomputed_logprobs(reference, prompt, result, temperature)
+        assert (expected - torch.tensor(result.logprobs)).abs().max().item() < 1e-4
+
+
+def test_late_request_joins_the_running_batch(folder):
+    async def body(engine: HFEngine) -> tuple[Generation, Generation]:
+        long = asyncio.create_task(engine.generate(PROMPTS[0], greedy(120)))
+        while engine.stats.decode_steps < 10:
+            await asyncio.sleep(0.001)
+        short = await engine.generate(PROMPTS[1], greedy(5))
+        assert not long.done()  # the short request finished while the long one kept running
+        return await long, short
+
+    steps: dict[int, int] = {}
+
+    async def observed(engine: HFEngine) -> tuple[Generation, Generation]:
+        results = await body(engine)
+        steps.update(engine.stats.rows_per_step)
+        return results
+
+    long, short = with_engine(folder, observed)
+    assert len(long.token_ids) == 120 and len(short.token_ids) == 5
+    assert steps[2] >= 4 and steps[1] > 0  # the short request decoded in the same steps as the long one
+
+
+def test_finished_requests_free_their_slots(folder):
+    async def body(engine: HFEngine) -> tuple[list[Generation], int, int]:
+        results = await asyncio.gather(*(engine.generate(PROMPTS[i % 6], greedy(3 + 4 * i)) for i in range(5)))
+        return results, engine.stats.max_rows, engine.stats.prefills
+
+    results, max_rows, prefills = with_engine(folder, body, max_batch_size=2)
+    assert [len(r.token_ids) for r in results] == [3 + 4 * i for i in range(5)]
+    assert max_rows == 2 and prefills == 5
+
+
+def test_eos_stops_and_is_included(folder):
+    plain = with_engine(folder, lambda engine: engine.generate(PROMPTS[1], greedy(20)))
+    eos = plain.token_ids[6]
+    stop_at = plain.token_ids.index(eos)
+    stopped = with_engine(folder, lambda engine: engine.generate(PROMPTS[1], greedy(20)), eos_token_ids=[eos])
+    assert stopped.finish_reason == "stop"
+    assert stopped.token_ids == plain.token_ids[: stop_at + 1]
+    assert stopped.logprobs == pytest.approx(plain.logprobs[: stop_at + 1], abs=1e-6)
+
+
+def test_length_stops_at_max_new_tokens_and_model_length(folder):
+    prompt = PROMPTS[1]
+
+    async def body(engine: HFEngine) -> list[Generation]:
+        return [await engine.generate(prompt, greedy(50)), await engine.generate(prompt + [5] * 8, greedy(50))]
+
+    near_limit, too_long = with_engine(folder, body, max_model_len=len(prompt) + 7)
+    assert (near_limit.finish_reason, len(near_limit.token_ids)) == ("length", 7)
+    assert too_long == Generation(token_ids=[], logprobs=[], finish_reason="length")
+
+
+def test_seeded_sampling_is_independent_of_the_batch(folder):
+    """The same seed gives the same tokens alone, in a full batch and in a half-drained one."""
+    target = (PROMPTS[3], sampled(25, seed=1234))
+
+    async def alone(engine: HFEngine) -> Generation:
+        return await engine.generate(*target)
+
+    async def crowded(engine: HFEngine) -> Generation:
+        others = [engine.generate(p, sampled(3 + 7 * i, seed=i)) for i, p in enumerate(PROMPTS)]
+        results = await asyncio.gather(*others[:3], engine.generate(*target), *others[3:])
+        return results[3]
+
+    first = with_engine(folder, alone)
+    assert with_engine(folder, crowded, max_batch_size=3).token_ids == first.token_ids
+    assert with_engine(folder, crowded, max_batch_size=7).token_ids == first.token_ids
+    other_seed = with_engine(folder, lambda engine: engine.generate(PROMPTS[3], sampled(25, seed=99)))
+    assert other_seed.token_ids != first.token_ids
+
+
+def test_tiny_top_p_samples_the_greedy_token(folder):
+    async def body(engine: HFEngine) -> tuple[Generation, Generation]:
+        return await asyncio.gather(engine.generate(PROMPTS[4], greedy(20)),
+                                    engine.generate(PROMPTS[4], sampled(20, seed=5, top_p=1e-6)))
+
+    greedy_result, nucleus = with_engine(folder, body)
+    assert nucleus.token_ids == greedy_result.token_ids
+    assert nucleus.logprobs == pytest.approx(greedy_result.logprobs, abs=1e-6)  # before truncation, temperature 1
+
+
+def test_close_aborts_pending_requests(folder):
+    async def body(engine: HFEngine) -> list[Generation]:
+        tasks = [asyncio.create_task(engine.generate(p, greedy(400))) for p in PROMPTS[:3]]
+        while engine.stats.decode_steps < 5:
+            await asyncio.sleep(0.001)
+        await engine.close()
+        results = await asyncio.gather(*tasks)
+        with pytest.raises(EngineClosedError):
+            await engine.generate(PROMPTS[0], greedy(2))
+        return results
+
+    results = with_engine(folder, body, max_batch_size=1)
+    assert [r.finish_reason for r in results] == ["abort"] * 3
+    assert 0 < len(results[0].token_ids) < 400 and results[2].token_ids == []
+
+
+def test_load_weights_changes_outputs_and_back(folder):
+    other = load_file(resolve_model(TINY_RANDOM_LLAMA + "?seed=1") / "model.safetensors")
+
+    async def body(engine: HFEngine) -> list[Generation]:
+        before = await engine.generate(PROMPTS[1], greedy(12))
+        engine.load_weights(other)
+        swapped = await engine.generate(PROMPTS[1], greedy(12))
+        engine.load_weights(folder)
+        again = await engine.generate(PROMPTS[1], greedy(12))
+        running = asyncio.create_task(engine.generate(PROMPTS[1], greedy(200)))
+        await asyncio.sleep(0)
+        with pytest.raises(EngineBusyError):
+            engine.load_weights(folder)
+        await running
+        return [before, swapped, again]
+
+    before, swapped, again = with_engine(folder, body)
+    assert swapped.token_ids != before.token_ids and swapped.logprobs != pytest.approx(before.logprobs)
+    assert again == before
+
+
+def test_many_concurrent_requests_complete(folder):
+    async def body(engine: HFEngine) -> list[Generation]:
+        requests = [engine.generate(PROMPTS[i % 6] + [i], sampled(1 + i % 5, seed=i)) for i in range(256)]
+        return await asyncio.wait_for(asyncio.gather(*requests), timeout=60)
+
+    results = with_engine(folder, body, max_batch_size=64)
+    assert [len(r.token_ids) for r in results] == [1 + i % 5 for i in range(256)]
+
+
+def test_cancelled_request_frees_its_slot(folder):
+    async def body(engine: HFEngine) -> Generation:
+        doomed = asyncio.create_task(engine.generate(PROMPTS[0], greedy(400)))
+        while engine.stats.decode_steps < 3:
+            await asyncio.sleep(0.001)
+        doomed.cancel()
+        return await asyncio.wait_for(engine.generate(PROMPTS[1], greedy(4)), timeout=30)
+
+    assert len(with_engine(folder, body, max_batch_size=1).token_ids) == 4
+
+
+def test_factory_builds_engines_and_explains_missing_vllm(folder):
+    engine = create_engine("hf", folder, dtype="float32", max_model_len=64, max_batch_size=2)
+    assert isinstance(engine, HFEngine)
+    asyncio.run(engine.close())
+    import reinflow.engines.vllm  # importable without vLLM
+
+    if reinflow.engines.vllm.importlib.util.find_spec("vllm") is None:
+        with pytest.raises(reinflow.engines.vllm.EngineUnavailableError, match=r"reinflow\[gpu\]"):
+            create_engine("vllm", folder, max_model_len=64, max_batch_size=2)
+    with pytest.raises(ValueError, match="unknown engine kind"):
+        create_engine("tgi", folder, max_model_len=64, max_batch_size=2)  # type: ignore[arg-type]
