@@ -1,8 +1,10 @@
 """Rollout throughput of the `hf` engine on the built-in model (SmolLM2-135M-Instruct, fp32, CPU).
 
-    .venv/bin/python bench/rollout_engine.py            # ~5 minutes on 2 cores
+    .venv/bin/python bench/rollout_engine.py            # ~7 minutes on 2 cores
 
-Measures generated tokens/s of:
+Every mode runs once per round (``--rounds``, default 2) and the best round counts: the machine may
+be shared, and the least disturbed round is the closest to its real speed. Measures generated
+tokens/s of:
 
 - engine, 16 streams: 16 concurrent episodes, each sending ``--requests-per-stream`` requests one
   after another (a new request joins the running batch as soon as its predecessor stops: the
@@ -11,8 +13,7 @@ Measures generated tokens/s of:
   as requests stop at different lengths);
 - (a) the same 16 requests one at a time through the same engine (concurrency 1);
 - (b) the decode floor: 16 / the time of one pass of a 16-row input through every ``nn.Linear`` of
-  the model (lm_head included; no attention, no sampling), best of ``--floor-passes`` passes taken
-  before and after the engine runs (the machine may be shared: the best pass is the least disturbed);
+  the model (lm_head included; no attention, no sampling), best of ``--floor-passes`` passes a round;
 - (b') the same pass through the engine's own linear layers (q/k/v and gate/up fused, weights packed
   once for oneDNN): the floor of the engine as built;
 - plain ``model.generate`` on the same 16 requests as one left-padded batch (it cannot stop rows at
@@ -120,7 +121,7 @@ def engine_floor(engine: HFEngine, rows: int, passes: int) -> float:
     decoder = engine._decoder  # the engine's internals: measured, not changed
     hidden = engine.model.config.hidden_size
     intermediate = engine.model.config.intermediate_size
-    linears = [(layer[name], intermediate if name == "down" else hidden)
+    linears = [(getattr(layer, name), intermediate if name == "down" else hidden)
                for layer in decoder.layers for name in ("qkv", "o", "gate_up", "down")]
     return best_pass(linears + [(decoder.lm_head, hidden)], rows, passes)
 
@@ -168,29 +169,64 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-async def engine_modes(folder: Path, streams: list[list[Request]], first: list[Request],
-                       floor_passes: int) -> tuple[dict[str, Result], float]:
-    """The three engine measurements on one engine, and its own linear floor (s)."""
+@dataclass(frozen=True)
+class Busy:
+    """Scheduler counters at one moment (to report a mode's share of them)."""
+
+    decode_steps: int
+    decoded_rows: int
+    busy_seconds: float
+    prefill_seconds: float
+
+    @classmethod
+    def of(cls, engine: HFEngine) -> Busy:
+        stats = engine.stats
+        rows = sum(k * v for k, v in stats.rows_per_step.items())
+        return cls(stats.decode_steps, rows, stats.busy_seconds, stats.prefill_seconds)
+
+    def since(self, before: Busy) -> str:
+        steps = self.decode_steps - before.decode_steps
+        rows = (self.decoded_rows - before.decoded_rows) / max(steps, 1)
+        busy = self.busy_seconds - before.busy_seconds
+        prefill = self.prefill_seconds - before.prefill_seconds
+        return f"mean rows/step {rows:.1f}, passes with a prefill {prefill:.1f}s of {busy:.1f}s busy"
+
+
+async def engine_mode(engine: HFEngine, name: str, streams: list[list[Request]]) -> Result:
+    """One engine measurement, printed with the scheduler's view of it."""
+    before = Busy.of(engine)
+    result = await run_streams(engine, streams)
+    print(f"  {name:<28} {result.tokens_per_second:6.1f} tok/s  ({Busy.of(engine).since(before)})", flush=True)
+    return result
+
+
+async def measure(folder: Path, model, tokenizer, streams: list[list[Request]], rounds: int,
+                  floor_passes: int) -> dict[str, list]:
+    """Every mode once per round, on one engine and one plain model; returns the samples per mode."""
+    first = [s[0] for s in streams]
     engine = HFEngine(folder, dtype="float32", max_model_len=2048, max_batch_size=len(streams))
     await engine.generate(first[0].prompt_ids, SamplingParams(max_new_tokens=4, temperature=1.0, top_p=1.0))
-    own_floor = engine_floor(engine, len(streams), floor_passes)
-    results = {"streams": await run_streams(engine, streams)}
-    print(f"  engine, {len(streams)} streams: {results['streams'].tokens_per_second:.1f} tok/s, "
-          f"mean rows/step {engine.stats.mean_rows:.1f}, "
-          f"passes with a prefill {engine.stats.prefill_seconds:.1f}s of {engine.stats.busy_seconds:.1f}s busy",
-          flush=True)
-    results["at_once"] = await run_streams(engine, [[r] for r in first])
-    print(f"  engine, {len(first)} at once: {results['at_once'].tokens_per_second:.1f} tok/s", flush=True)
-    results["sequential"] = await run_streams(engine, [first])
-    print(f"  engine, one at a time: {results['sequential'].tokens_per_second:.1f} tok/s", flush=True)
+    samples: dict[str, list] = {key: [] for key in ("floor", "own_floor", "streams", "at_once", "sequential", "plain")}
+    for round_index in range(rounds):
+        print(f"round {round_index + 1}/{rounds}", flush=True)
+        samples["floor"].append(linear_floor(model, len(streams), floor_passes))
+        samples["own_floor"].append(engine_floor(engine, len(streams), floor_passes))
+        print(f"  floors: nn.Linear {samples['floor'][-1] * 1e3:.0f} ms, engine linears "
+              f"{samples['own_floor'][-1] * 1e3:.0f} ms per pass at batch {len(streams)}", flush=True)
+        samples["streams"].append(await engine_mode(engine, f"engine, {len(streams)} streams", streams))
+        samples["at_once"].append(await engine_mode(engine, f"engine, {len(first)} at once", [[r] for r in first]))
+        samples["sequential"].append(await engine_mode(engine, "engine, one at a time", [first]))
+        samples["plain"].append(plain_generate(model, tokenizer, first))
+        print(f"  {'plain model.generate':<28} {samples['plain'][-1].tokens_per_second:6.1f} tok/s", flush=True)
     await engine.close()
-    return results, own_floor
+    return samples
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=16)
-    parser.add_argument("--requests-per-stream", type=int, default=3)
+    parser.add_argument("--requests-per-stream", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="each mode runs once a round; the best round counts")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--floor-passes", type=int, default=10)
     args = parser.parse_args()
@@ -199,28 +235,25 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     requests = make_requests(tokenizer, args.streams * args.requests_per_stream, seed=0)
     streams = [requests[i :: args.streams] for i in range(args.streams)]
-    first = [s[0] for s in streams]
-    print(f"machine: {cpu_model()}, torch threads {torch.get_num_threads()}, "
-          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, torch {torch.__version__}", flush=True)
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, torch {torch.__version__}; "
+          f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    floor_before = linear_floor(model, args.streams, args.floor_passes)
-    results, own_floor = asyncio.run(engine_modes(folder, streams, first, args.floor_passes))
-    plain = plain_generate(model, tokenizer, first)
-    print(f"  plain generate: {plain.tokens_per_second:.1f} tok/s", flush=True)
-    floor_seconds = min(floor_before, linear_floor(model, args.streams, args.floor_passes))
-    print_table(results, floor_seconds, own_floor, plain, args.streams)
+    samples = asyncio.run(measure(folder, model, tokenizer, streams, args.rounds, args.floor_passes))
+    print(f"load average after: {os.getloadavg()[0]:.2f} (other processes on this machine disturb the timings)")
+    best = {key: max(values, key=lambda r: r.tokens_per_second) for key, values in samples.items() if "floor" not in key}
+    print_table(best, min(samples["floor"]), min(samples["own_floor"]), args.streams)
 
 
-def print_table(results: dict[str, Result], floor_seconds: float, own_floor_seconds: float, plain: Result,
-                rows: int) -> None:
-    """The summary: absolute tokens/s and ratios to (a) and (b)."""
+def print_table(results: dict[str, Result], floor_seconds: float, own_floor_seconds: float, rows: int) -> None:
+    """The summary (best round of each mode): absolute tokens/s and ratios to (a) and (b)."""
     sequential = results["sequential"].tokens_per_second
     floor = rows / floor_seconds
     lines = [
         (f"engine, {rows} streams x back-to-back requests", results["streams"]),
         (f"engine, {rows} requests at once (batch drains)", results["at_once"]),
         ("(a) engine, same requests one at a time", results["sequential"]),
-        (f"plain model.generate, batch {rows} (left-padded)", plain),
+        (f"plain model.generate, batch {rows} (left-padded)", results["plain"]),
     ]
     print(f"\n{'mode':<48} {'tokens':>7} {'s':>7} {'tok/s':>7} {'/ (a)':>6} {'/ (b)':>6}")
     for name, result in lines:

@@ -106,6 +106,38 @@ def rollout(
         print_episode(out, row)
 
 
+@app.command("train")
+def train(
+    conf: Annotated[Path, typer.Option("--conf", "-c", help="Experiment YAML file.")],
+    overrides: OverridesArg = None,
+    backbone: Annotated[str | None, typer.Option(help="debug (in-process) or ray; overrides the config.")] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="Continue a run: its name, or 'latest' for the newest unfinished run of the experiment."),
+    ] = None,
+) -> None:
+    """Train: rollout → judge → GRPO update → checkpoint → evaluate, iteration after iteration."""
+    settings = list(overrides or []) + ([f"backbone={backbone}"] if backbone else [])
+    try:
+        load_config(conf, settings)  # fail fast, before Prefect starts
+        from flows.train import train as train_flow
+
+        summary = train_flow(str(conf), settings, resume, project_root=str(Path.cwd()))
+    except ReinflowError as error:
+        _fail(str(error))
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    out.rule("[bold]training finished")
+    out.print(f"run folder:      {summary['run_dir']}", highlight=False)
+    out.print(f"iterations:      {summary['iterations']}", highlight=False)
+    out.print(f"held-out pass@1: baseline {summary['baseline_pass_at_1']} -> final {summary['final_pass_at_1']}", highlight=False)
+    out.print(f"reward curve:    {summary['reward_curve']}", highlight=False)
+    out.print(f"final policy:    {summary['model_uri']} (mlflow.pyfunc.load_model)", highlight=False)
+    out.print(f"compare runs:    mlflow ui --backend-store-uri {summary['tracking_uri']}", highlight=False)
+
+
 def _data_config(
     conf: Path | None, overrides: list[str], target: str | None, path: Path | None, subset: str | None
 ) -> DataConfig:

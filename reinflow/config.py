@@ -237,6 +237,7 @@ class TrainConfig(Section):
     checkpoint_interval: int = Field(1, ge=1, description="Write a checkpoint every this many iterations.")
     keep_checkpoints: int = Field(3, ge=1, le=1000, description="Most recent checkpoints kept on disk.")
     eval_interval: int = Field(5, ge=1, description="Evaluate every this many iterations (and at iteration 0).")
+    eval_pass_k: int = Field(4, ge=1, le=64, description="k of the sampled pass@k evaluation (1: greedy pass@1 only).")
     seed: int = Field(0, ge=0, description="Seed for sampling, data order and initialisation.")
 
 

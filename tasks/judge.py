@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from reinflow.config import ExperimentConfig
+from reinflow.faults import crash_point
 from reinflow.judge import load_judge
 from reinflow.judge_rollouts import judge_rollout_file
 
@@ -20,6 +21,7 @@ def judge(config: dict[str, Any], project_root: str, run_dir: str, iteration: in
     judge_object = load_judge(experiment.judge, Path(project_root))
     output = Path(run_dir) / "judged" / f"iter_{iteration}.parquet"
     metrics = judge_rollout_file(Path(rollout_path), output, judge_object, experiment.judge)
+    crash_point("judge", iteration)
     get_run_logger().info(
         "iteration %d: reward %.3f ± %.3f, success %.1f%%, judge errors %.1f%%, groups without signal %.1f%%",
         iteration, metrics["reward_mean"], metrics["reward_std"], 100 * metrics["success_rate"],

@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from reinflow.config import ExperimentConfig
+from reinflow.faults import crash_point
 from reinflow.rollout_runtime import rollout_iteration, runtime_for
 
 
@@ -25,6 +26,7 @@ def rollout(config: dict[str, Any], project_root: str, run_dir: str, iteration: 
     output = Path(run_dir) / "rollouts" / f"iter_{iteration}.parquet"
     runtime = runtime_for(experiment, root)
     metrics, next_cursor = rollout_iteration(runtime, root / experiment.data.path, iteration, cursor, output)
+    crash_point("rollout", iteration)
     get_run_logger().info(
         "iteration %d: %d episodes, %.0f generated tokens (%.1f tok/s), %d failed, %d timed out",
         iteration, metrics["episodes"], metrics["generated_tokens"], metrics["generated_tokens_per_second"],

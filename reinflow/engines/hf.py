@@ -5,8 +5,8 @@ request and awaits a future; the scheduler thread loops over *passes*. A pass is
 packed ``[tokens, hidden]`` batch holding
 
 - one token for every active row (its last sampled token, at its own position: the decode part), and
-- the whole prompt of every request admitted in this pass (up to ``max_batch_size`` rows in all and
-  ``max_prefill_tokens`` prompt tokens a pass: the prefill part),
+- the prompt of every request admitted in this pass (up to ``max_batch_size`` rows in all and
+  ``max_prefill_tokens`` computed prompt tokens a pass: the prefill part),
 
 so a request joins the running batch in the pass after it arrives, and a prefill streams the
 weights once together with the decode rows instead of in a pass of its own. Every row then samples
@@ -14,27 +14,37 @@ one token (per-request temperature, top-p and ``torch.Generator``); a finished r
 (its result goes back to its event loop with ``loop.call_soon_threadsafe``) and the last active row's
 KV cache moves into its slot, so the active rows are always slots ``0..n-1``.
 
+Prefix reuse: a prompt's longest prefix already held by a running row, or by a finished row kept
+("parked") for it, is copied instead of recomputed: an agent's next turn re-sends its whole
+conversation and a GRPO group sends one prompt several times, and both are prefilled once.
+
 Why not ``transformers.generation.continuous_batching``: in 5.23 its sampling parameters are one
 ``GenerationConfig`` for the whole manager (no per-request temperature/top-p), it has one global seed
-(a request's sample depends on its batch) and its logprobs come after top-p truncation; and on CPU it
-runs attention over the whole packed batch with one dense mask. So the loop is our own.
+(a request's sample depends on its batch) and its logprobs come after top-p truncation; and on CPU
+(SDPA) it attends over the whole packed batch with one block-diagonal mask. So the loop is our own.
 
-Speed on CPU (see ``bench/rollout_engine.py``): the decode step is bound by streaming the weights
-through GEMMs with 16-ish rows, where MKL's ``nn.Linear`` re-packs every weight on every call. Here
+Speed on CPU (see ``bench/rollout_engine.py``): a decode step is bound by streaming the weights
+through GEMMs with a few rows, where MKL's ``nn.Linear`` re-packs every weight on every call. Here
 q/k/v and gate/up are fused and every weight (lm_head included) is packed once for oneDNN
-(``torch.ops.mkldnn._reorder_linear_weight``); elsewhere (GPU, non-fp32) the fused weights go
-through ``F.linear``. Norms, embeddings, rotary tables and activations are the model's own modules.
-The KV cache is a static buffer per layer ``[rows, kv_heads, capacity, head_dim]`` written in place
-(``index_copy_``); it grows by doubling (up to ``max_batch_size`` x ``max_model_len``). The lm_head
-runs on the last position of each sequence only. Supported: ``llama``, ``qwen2`` and ``qwen3``
-(full attention).
+(``torch.ops.mkldnn._reorder_linear_weight``): about 2x faster than ``nn.Linear`` at 16 rows.
+Elsewhere (GPU, non-fp32) the fused weights go through ``F.linear``. Embeddings, rotary tables, norm weights and activations are the
+model's own. The KV cache is a static buffer per layer ``[rows, kv_heads, capacity, head_dim]``
+written in place (``index_copy_``), grown by doubling up to ``max_batch_size`` x ``max_model_len``.
+The lm_head runs on the last position of each sequence only. Supported: ``llama``, ``qwen2`` and
+``qwen3`` (full attention).
 
 Logprobs are ``log_softmax(logits / temperature)`` at the sampled token, before top-p truncation
 (temperature 0 = greedy, reported under temperature 1): what a trainer recomputes with a full fp32
-forward pass over prompt + output (``tests/test_hf_engine.py`` bounds the difference).
+forward pass over prompt + output (``tests/test_hf_engine.py`` bounds the difference by 1e-4).
 
-Weights: ``load_weights`` copies new weights into the model and re-packs them; it refuses while any
-request is in flight (`EngineBusyError`): a rollout stage awaits all its episodes first.
+Reproducibility: on CPU a row's logits, logprobs and seeded samples are bit-identical whatever else
+is in the batch (oneDNN's GEMM rows do not depend on the row count, decode attention spans a fixed
+multiple of columns, the sampler's normaliser is a per-row scan); only a reused prefix may change
+the last bits.
+
+Weights: ``load_weights`` copies new weights into the model, re-packs them and forgets the parked
+rows; it refuses while any request is in flight (`EngineBusyError`): a rollout stage awaits all
+its episodes first.
 """
 
 from __future__ import annotations
@@ -57,6 +67,11 @@ from reinflow.engines.base import FinishReason, Generation, SamplingParams
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3"})
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _MIN_CAPACITY = 256
+_WIDTH_MULTIPLE = 16
+"""Decode attention spans a multiple of this many columns: SDPA's reductions then see a row's
+columns in the same vector lanes whatever the batch's longest row, so a row's result does not
+depend on the rest of the batch (the masked columns add exact zeros)."""
+_MIN_REUSED_TOKENS = 8
 
 
 class EngineClosedError(RuntimeError):
@@ -76,6 +91,8 @@ class EngineStats:
     """Passes that advanced at least one running row."""
     prefills: int = 0
     prompt_tokens: int = 0
+    reused_prompt_tokens: int = 0
+    """Prompt tokens whose keys/values were copied from a running or parked row, not computed."""
     generated_tokens: int = 0
     rows_per_step: Counter[int] = field(default_factory=Counter)
     """Histogram: running rows decoded in a pass -> number of passes."""
@@ -121,14 +138,17 @@ class _Request:
 class _Linear:
     """``x @ weight.T + bias`` for several fused ``nn.Linear`` layers (outputs concatenated).
 
-    Packed once for oneDNN when ``packed_rows`` is given (CPU fp32), else a plain ``F.linear``.
+    With ``packed_rows`` (CPU fp32) the fused weight is packed once for oneDNN: about 2x faster than
+    MKL's ``nn.Linear`` (which re-packs the weight on every call) at 4-16 rows, ~25% slower for a
+    single row (where MKL uses GEMV), and a row's result is bit-identical whatever the number of rows,
+    which keeps seeded sampling independent of the batch. Otherwise the fused weight goes through
+    ``F.linear``.
     """
 
     def __init__(self, linears: list[torch.nn.Linear], packed_rows: int | None) -> None:
         weight = torch.cat([m.weight.detach() for m in linears]) if len(linears) > 1 else linears[0].weight.detach()
-        biases = [m.bias for m in linears]
         self.bias = None
-        if any(b is not None for b in biases):
+        if any(m.bias is not None for m in linears):
             self.bias = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
                                    for m in linears])
         self.packed = packed_rows is not None
@@ -140,17 +160,33 @@ class _Linear:
         return F.linear(x, self.weight, self.bias)
 
 
+@dataclass(frozen=True)
+class _Prefill:
+    """One admitted prompt in a pass: its first ``reused`` tokens' keys/values were copied into
+    ``slot`` from another row; the rest (``length - reused`` tokens from packed index ``start``) run."""
+
+    slot: int
+    start: int
+    reused: int
+    length: int
+    mask: torch.Tensor | None
+    """[new tokens, length] causal mask over the reused prefix and the new tokens (None: no prefix)."""
+
+    @property
+    def new(self) -> int:
+        return self.length - self.reused
+
+
 @dataclass
 class _Plan:
-    """What one pass computes. Token order: ``decode_rows`` decode tokens, then each prefill's prompt."""
+    """What one pass computes. Token order: ``decode_rows`` decode tokens, then each prefill's new tokens."""
 
     decode_rows: int
     decode_positions: torch.Tensor
     """[decode_rows] the column each decode token writes (= its row's cached length)."""
     width: int
-    """Columns the decode rows attend over (max position + 1)."""
-    prefills: list[tuple[int, int, int]]
-    """(slot, first token index in the pass, prompt length) per admitted request."""
+    """Columns the decode rows attend over (max position + 1, rounded up to `_WIDTH_MULTIPLE`)."""
+    prefills: list[_Prefill]
 
 
 class _StaticKVCache:
@@ -159,10 +195,10 @@ class _StaticKVCache:
     def __init__(self, layers: int, kv_heads: int, head_dim: int, max_rows: int, max_len: int,
                  dtype: torch.dtype, device: torch.device) -> None:
         self._shape = (kv_heads, head_dim)
-        self._max_rows, self._max_len = max_rows, max_len
+        self._max_rows, self._max_len = max_rows, _round_up(max_len, _WIDTH_MULTIPLE)
         self._dtype, self._device = dtype, device
-        self.keys = [self._empty(1, min(_MIN_CAPACITY, max_len)) for _ in range(layers)]
-        self.values = [self._empty(1, min(_MIN_CAPACITY, max_len)) for _ in range(layers)]
+        self.keys = [self._empty(1, min(_MIN_CAPACITY, self._max_len)) for _ in range(layers)]
+        self.values = [self._empty(1, min(_MIN_CAPACITY, self._max_len)) for _ in range(layers)]
 
     def _empty(self, rows: int, capacity: int) -> torch.Tensor:
         kv_heads, head_dim = self._shape
@@ -187,70 +223,88 @@ class _StaticKVCache:
         heads = torch.arange(positions.shape[0] * kv_heads, device=positions.device).view(-1, kv_heads)
         return (heads * capacity + positions[:, None]).view(-1)
 
-    def move(self, source: int, target: int, length: int) -> None:
-        """Copy the first ``length`` columns of row ``source`` into row ``target``."""
-        for buffers in (self.keys, self.values):
-            for buffer in buffers:
-                buffer[target, :, :length] = buffer[source, :, :length]
+    def copy_row(self, source: _StaticKVCache, source_row: int, target_row: int, length: int) -> None:
+        """Copy the first ``length`` columns of ``source``'s row ``source_row`` into row ``target_row``."""
+        for target, origin in zip(self.keys + self.values, source.keys + source.values):
+            target[target_row, :, :length] = origin[source_row, :, :length]
+
+
+@dataclass
+class _LayerWeights:
+    """One decoder layer as the packed forward uses it."""
+
+    qkv: _Linear
+    o: _Linear
+    gate_up: _Linear
+    down: _Linear
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    eps: float
+    layer: torch.nn.Module
+    """The model's own layer (its activation, and Qwen3's q/k norms)."""
 
 
 class _PackedDecoder:
     """The model's forward pass over a packed batch of mixed prefill and decode tokens.
 
-    Uses the model's own embedding, norms, rotary tables and activation; the linear layers are
-    `_Linear`s built from the model's weights (rebuild after changing them).
+    Uses the model's own embedding, rotary tables, activation and norm weights (RMSNorm through
+    ``F.rms_norm``, bit-identical to the model's); the linear layers are `_Linear`s built from the
+    model's weights (rebuild after changing them).
     """
 
     def __init__(self, model, packed_rows: int | None) -> None:
         self.model = model
-        backbone = model.model
-        attention = backbone.layers[0].self_attn
         config = model.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        attention = model.model.layers[0].self_attn
         self.head_dim, self.scaling = attention.head_dim, attention.scaling
         self.qk_norm = config.model_type == "qwen3"
-        self.layers = [self._pack_layer(layer, packed_rows) for layer in backbone.layers]
+        self.layers = [self._pack_layer(layer, packed_rows) for layer in model.model.layers]
         self.lm_head = _Linear([model.lm_head], packed_rows)
 
     @staticmethod
-    def _pack_layer(layer, packed_rows: int | None) -> dict[str, _Linear]:
+    def _pack_layer(layer, packed_rows: int | None) -> _LayerWeights:
         attention, mlp = layer.self_attn, layer.mlp
-        return {
-            "qkv": _Linear([attention.q_proj, attention.k_proj, attention.v_proj], packed_rows),
-            "o": _Linear([attention.o_proj], packed_rows),
-            "gate_up": _Linear([mlp.gate_proj, mlp.up_proj], packed_rows),
-            "down": _Linear([mlp.down_proj], packed_rows),
-        }
+        return _LayerWeights(
+            qkv=_Linear([attention.q_proj, attention.k_proj, attention.v_proj], packed_rows),
+            o=_Linear([attention.o_proj], packed_rows),
+            gate_up=_Linear([mlp.gate_proj, mlp.up_proj], packed_rows),
+            down=_Linear([mlp.down_proj], packed_rows),
+            input_norm=layer.input_layernorm.weight.detach(),
+            post_norm=layer.post_attention_layernorm.weight.detach(),
+            eps=layer.input_layernorm.variance_epsilon,
+            layer=layer,
+        )
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, plan: _Plan, cache: _StaticKVCache,
                 last: torch.Tensor) -> torch.Tensor:
         """Logits ``[len(last), vocab]`` at token indices ``last`` of the packed ``ids [tokens]``."""
         backbone = self.model.model
         hidden = backbone.embed_tokens(ids)
-        cos, sin = backbone.rotary_emb(hidden[None], positions[None])
-        rotary = (cos[0, :, None, :], sin[0, :, None, :])
+        rotary = _rotary_tables(backbone.rotary_emb, hidden, positions)
         flat_index = cache.flat_index(plan.decode_positions) if plan.decode_rows else None
-        for index, (layer, linears) in enumerate(zip(backbone.layers, self.layers)):
-            hidden = self._layer(hidden, layer, linears, rotary, plan, cache, index, flat_index)
+        for index, weights in enumerate(self.layers):
+            hidden = self._layer(hidden, weights, rotary, plan, cache, index, flat_index)
         return self.lm_head(backbone.norm(hidden[last]))
 
-    def _layer(self, hidden: torch.Tensor, layer, linears: dict[str, _Linear], rotary, plan: _Plan,
-               cache: _StaticKVCache, index: int, flat_index: torch.Tensor | None) -> torch.Tensor:
+    def _layer(self, hidden: torch.Tensor, weights: _LayerWeights, rotary: tuple[torch.Tensor, torch.Tensor],
+               plan: _Plan, cache: _StaticKVCache, index: int, flat_index: torch.Tensor | None) -> torch.Tensor:
         """One decoder layer (pre-norm attention and gated MLP, residuals) on ``hidden [tokens, dim]``."""
-        tokens = hidden.shape[0]
-        qkv = linears["qkv"](layer.input_layernorm(hidden))
-        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        query, key, value = qkv.split([q_size, kv_size, kv_size], dim=-1)
-        query = query.view(tokens, self.heads, self.head_dim)
-        key = key.view(tokens, self.kv_heads, self.head_dim)
-        value = value.view(tokens, self.kv_heads, self.head_dim)
+        tokens, width = hidden.shape
+        qkv = weights.qkv(F.rms_norm(hidden, (width,), weights.input_norm, weights.eps))
+        qk_size = (self.heads + self.kv_heads) * self.head_dim
+        query_key = qkv[:, :qk_size].view(tokens, self.heads + self.kv_heads, self.head_dim)
+        value = qkv[:, qk_size:].view(tokens, self.kv_heads, self.head_dim)
         if self.qk_norm:
-            query, key = layer.self_attn.q_norm(query), layer.self_attn.k_norm(key)
-        query, key = _rotate(query, rotary), _rotate(key, rotary)
-        attended = self._attend(query, key, value, plan, cache, index, flat_index)
-        hidden = hidden + linears["o"](attended)
-        gate, up = linears["gate_up"](layer.post_attention_layernorm(hidden)).chunk(2, dim=-1)
-        return hidden + linears["down"](layer.mlp.act_fn(gate) * up)
+            attention = weights.layer.self_attn
+            query_key = torch.cat([attention.q_norm(query_key[:, : self.heads]),
+                                   attention.k_norm(query_key[:, self.heads :])], dim=1)
+        query_key = _rotate(query_key, rotary)
+        query, key = query_key[:, : self.heads], query_key[:, self.heads :]
+        hidden = hidden + weights.o(self._attend(query, key, value, plan, cache, index, flat_index))
+        normed = F.rms_norm(hidden, (width,), weights.post_norm, weights.eps)
+        gate, up = weights.gate_up(normed).chunk(2, dim=-1)
+        return hidden.add_(weights.down(weights.layer.mlp.act_fn(gate).mul_(up)))
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: _Plan,
                 cache: _StaticKVCache, index: int, flat_index: torch.Tensor | None) -> torch.Tensor:
@@ -262,23 +316,33 @@ class _PackedDecoder:
             keys.view(-1, self.head_dim).index_copy_(0, flat_index, key[:rows].reshape(-1, self.head_dim))
             values.view(-1, self.head_dim).index_copy_(0, flat_index, value[:rows].reshape(-1, self.head_dim))
             parts.append(self._decode_attention(query[:rows], keys, values, plan))
-        for slot, start, length in plan.prefills:
-            span = slice(start, start + length)
-            k, v = key[span].transpose(0, 1), value[span].transpose(0, 1)
-            keys[slot, :, :length] = k
-            values[slot, :, :length] = v
-            q = query[span].transpose(0, 1)[None]
+        for prefill in plan.prefills:
+            parts.append(self._prefill_attention(query, key, value, prefill, keys, values))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _prefill_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefill: _Prefill,
+                           keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Causal attention of one prompt's new tokens over its reused prefix and themselves."""
+        span = slice(prefill.start, prefill.start + prefill.new)
+        k, v = key[span].transpose(0, 1), value[span].transpose(0, 1)
+        keys[prefill.slot, :, prefill.reused : prefill.length] = k
+        values[prefill.slot, :, prefill.reused : prefill.length] = v
+        q = query[span].transpose(0, 1)[None]
+        if prefill.mask is None:
             out = F.scaled_dot_product_attention(q, k[None], v[None], is_causal=True, enable_gqa=True,
                                                  scale=self.scaling)
-            parts.append(out[0].transpose(0, 1).reshape(length, -1))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        else:
+            row = slice(prefill.slot, prefill.slot + 1)
+            out = F.scaled_dot_product_attention(q, keys[row, :, : prefill.length], values[row, :, : prefill.length],
+                                                 attn_mask=prefill.mask, enable_gqa=True, scale=self.scaling)
+        return out[0].transpose(0, 1).reshape(prefill.new, -1)
 
     def _decode_attention(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                           plan: _Plan) -> torch.Tensor:
         """One query per row against its cache row; the query heads sharing a KV head are packed as
         that head's queries, so no KV head is repeated."""
         rows, width = plan.decode_rows, plan.width
-        grouped = query.view(rows, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+        grouped = query.unflatten(1, (self.kv_heads, self.heads // self.kv_heads))
         columns = torch.arange(width, device=query.device)
         mask = (columns[None, :] <= plan.decode_positions[:, None])[:, None, None, :]
         out = F.scaled_dot_product_attention(grouped, keys[:rows, :, :width], values[:rows, :, :width],
@@ -286,12 +350,23 @@ class _PackedDecoder:
         return out.reshape(rows, -1)
 
 
+def _rotary_tables(rotary_emb: torch.nn.Module, hidden: torch.Tensor,
+                   positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's cos/sin tables for ``positions``, shaped ``[tokens, 1, dim]``; the sine's first half
+    is negated so that rotate-half becomes a plain half swap (sign flips are exact)."""
+    cos, sin = rotary_emb(hidden[None], positions[None])
+    half = sin.shape[-1] // 2
+    sign = torch.ones(sin.shape[-1], dtype=sin.dtype, device=sin.device)
+    sign[:half] = -1
+    return cos[0, :, None, :], (sin[0] * sign)[:, None, :]
+
+
 def _rotate(states: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotary position embedding of ``states [tokens, heads, dim]`` (the model's rotate-half form)."""
-    cos, sin = rotary
+    """Rotary position embedding of ``states [tokens, heads, dim]``: ``x * cos + rotate_half(x) * sin``."""
+    cos, signed_sin = rotary
     half = states.shape[-1] // 2
-    rotated = torch.cat((-states[..., half:], states[..., :half]), dim=-1)
-    return states * cos + rotated * sin
+    swapped = torch.cat((states[..., half:], states[..., :half]), dim=-1)
+    return states * cos + swapped * signed_sin
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -304,35 +379,120 @@ def sample_rows(logits: torch.Tensor, requests: list[_Request]) -> tuple[list[in
 
     Greedy rows (temperature 0) take the argmax and report temperature-1 logprobs. Sampled rows draw
     one uniform number from their own generator and invert the CDF of their (top-p truncated)
-    distribution, so a row's draw never depends on the other rows in the batch.
+    distribution. The normaliser is a float64 running sum (a sequential scan per row): unlike a
+    parallel reduction, its bits do not depend on how many rows the batch has.
     """
     scaled = logits.float()
     temperatures = [r.sampling.temperature or 1.0 for r in requests]
     if any(t != 1.0 for t in temperatures):
         scaled = scaled / torch.tensor(temperatures, dtype=scaled.dtype, device=scaled.device)[:, None]
-    log_total = torch.logsumexp(scaled, dim=-1, keepdim=True)
-    tokens = scaled.argmax(dim=-1)
+    peak, tokens = scaled.max(dim=-1, keepdim=True)
+    weights = (scaled - peak).exp_()
+    cdf = weights.double().cumsum(dim=-1)
     sampled = [i for i, r in enumerate(requests) if r.sampling.temperature > 0]
-    if sampled:
-        probs = (scaled[sampled] - log_total[sampled]).exp_()
-        tokens[sampled] = _draw(probs, [requests[i] for i in sampled])
-    chosen = scaled.gather(1, tokens[:, None]) - log_total
-    return tokens.tolist(), chosen[:, 0].tolist()
+    if len(sampled) == len(requests):
+        tokens = _draw(weights, cdf, requests)[:, None]
+    elif sampled:
+        tokens[sampled] = _draw(weights[sampled], cdf[sampled], [requests[i] for i in sampled])[:, None]
+    chosen = (scaled.gather(1, tokens) - peak).double() - cdf[:, -1:].log()
+    return tokens[:, 0].tolist(), chosen[:, 0].tolist()
 
 
-def _draw(probs: torch.Tensor, requests: list[_Request]) -> torch.Tensor:
-    """Inverse-CDF sampling of ``probs [rows, vocab]`` with one uniform draw per request."""
-    top_p = [r.sampling.top_p for r in requests]
-    order = None
-    if min(top_p) < 1.0:
-        probs, order = probs.sort(dim=-1, descending=True)
-        limit = torch.tensor(top_p, dtype=probs.dtype, device=probs.device)[:, None]
-        probs = probs.masked_fill(probs.cumsum(-1) - probs >= limit, 0.0)
-    cdf = probs.cumsum(dim=-1)
+def _draw(weights: torch.Tensor, cdf: torch.Tensor, requests: list[_Request]) -> torch.Tensor:
+    """Sample rows of unnormalised ``weights [rows, vocab]`` (running sums ``cdf``) with one uniform
+    draw per request from its own generator.
+
+    Rows with ``top_p < 1`` invert the CDF of their sorted, truncated distribution; the others the
+    CDF in vocabulary order. Each row's choice depends only on its own weights and draw.
+    """
     uniform = torch.cat([torch.rand(1, generator=r.generator, device=r.generator.device) for r in requests])
-    picked = torch.searchsorted(cdf, (uniform.to(cdf.device) * cdf[:, -1])[:, None], right=True)
-    picked = picked.clamp_(max=probs.shape[-1] - 1)
-    return picked[:, 0] if order is None else order.gather(1, picked)[:, 0]
+    uniform = uniform.to(cdf.device, torch.float64)
+    nucleus = [i for i, r in enumerate(requests) if r.sampling.top_p < 1.0]
+    if not nucleus:
+        return _invert_cdf(cdf, uniform)
+    tokens = torch.empty(len(requests), dtype=torch.long, device=cdf.device)
+    full = [i for i, r in enumerate(requests) if r.sampling.top_p >= 1.0]
+    if full:
+        tokens[full] = _invert_cdf(cdf[full], uniform[full])
+    ordered, order = weights[nucleus].sort(dim=-1, descending=True, stable=True)
+    ordered = ordered.double()
+    running = ordered.cumsum(dim=-1)
+    top_p = torch.tensor([requests[i].sampling.top_p for i in nucleus], dtype=torch.float64, device=cdf.device)
+    kept = ordered.masked_fill(running - ordered >= top_p[:, None] * running[:, -1:], 0.0)
+    tokens[nucleus] = order.gather(1, _invert_cdf(kept.cumsum(dim=-1), uniform[nucleus])[:, None])[:, 0]
+    return tokens
+
+
+def _invert_cdf(cdf: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Per row, the first index whose running sum exceeds ``uniform`` x the row's total."""
+    picked = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)
+    return picked.clamp_(max=cdf.shape[-1] - 1)[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# prefix reuse
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where the longest cached prefix of an arriving prompt lives."""
+
+    cache: _StaticKVCache
+    row: int
+    length: int
+    parked: bool
+
+
+class _ParkedRows:
+    """Keys/values of finished requests (prompt + output), kept for later prompts that start with them.
+
+    An agent's next turn re-sends its whole conversation, so the prompt of turn k+1 starts with the
+    prompt and output of turn k: with that row parked, the turn's prefill runs only the new tokens
+    (tool output, chat template). Rows are evicted least recently used; a parked row that a new prompt
+    extends completely is released (the new request is parked in its place when it finishes).
+    """
+
+    def __init__(self, store: _StaticKVCache, rows: int) -> None:
+        self.store = store
+        self.tokens: list[list[int] | None] = [None] * rows
+        self._used = [0] * rows
+        self._clock = 0
+
+    def park(self, cache: _StaticKVCache, slot: int, tokens: list[int]) -> None:
+        """Copy row ``slot`` of ``cache`` (holding ``tokens``) into a free or the least recent row."""
+        if not self.tokens or not tokens:
+            return
+        row = min(range(len(self.tokens)), key=lambda r: (self.tokens[r] is not None, self._used[r]))
+        self.store.ensure(row + 1, len(tokens))
+        self.store.copy_row(cache, slot, row, len(tokens))
+        self.tokens[row] = tokens
+        self.touch(row)
+
+    def touch(self, row: int) -> None:
+        """Mark ``row`` as just used."""
+        self._clock += 1
+        self._used[row] = self._clock
+
+    def release(self, row: int) -> None:
+        self.tokens[row] = None
+
+    def clear(self) -> None:
+        """Forget every parked row (their keys/values belong to the old weights)."""
+        self.tokens = [None] * len(self.tokens)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _shared_prefix(a: list[int], b: list[int], limit: int) -> int:
+    """Length of the common prefix of ``a`` and ``b``, at most ``limit``."""
+    limit = min(limit, len(a), len(b))
+    for index in range(limit):
+        if a[index] != b[index]:
+            return index
+    return limit
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -345,15 +505,24 @@ class HFEngine:
 
     ``max_batch_size`` rows decode together; more requests wait in a FIFO queue. ``max_model_len``
     caps prompt + output (a request reaching it ends with ``length``; a prompt at or past it returns
-    no tokens with ``length``). ``max_prefill_tokens`` caps the prompt tokens admitted in one pass
+    no tokens with ``length``). ``max_prefill_tokens`` caps the prompt tokens computed in one pass
     (at least one request is always admitted), bounding how long running rows wait for a prefill.
+
+    Prefix reuse: an arriving prompt's longest prefix (at least 8 tokens) already held by a running
+    row or by one of ``prefix_cache_rows`` parked finished rows (default ``max_batch_size``; 0 turns
+    parking off) is copied instead of recomputed, so an episode's next turn, or a GRPO group's shared
+    prompt, is prefilled once. A prompt that shares more with one admitted in the same pass waits for
+    the next pass to reuse it.
     """
 
     def __init__(self, model_folder: Path | str, *, dtype: str | torch.dtype = "float32", max_model_len: int,
                  max_batch_size: int, device: str | torch.device | None = None,
-                 eos_token_ids: list[int] | None = None, max_prefill_tokens: int = 2048, seed: int = 0) -> None:
+                 eos_token_ids: list[int] | None = None, max_prefill_tokens: int = 2048,
+                 prefix_cache_rows: int | None = None, seed: int = 0) -> None:
         from transformers import AutoModelForCausalLM
 
+        if isinstance(dtype, str) and dtype not in _DTYPES:
+            raise ValueError(f"dtype '{dtype}' is not one of {sorted(_DTYPES)}")
         torch_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch_dtype).to(self.device).eval()
@@ -367,10 +536,15 @@ class HFEngine:
         with torch.inference_mode():
             self._decoder = _PackedDecoder(self.model, self._packed_rows)
         self._cache = _new_cache(self.model, max_batch_size, max_model_len, torch_dtype, self.device)
+        parked = max_batch_size if prefix_cache_rows is None else prefix_cache_rows
+        store = _new_cache(self.model, max(parked, 1), max_model_len, torch_dtype, self.device)
+        self._parked = _ParkedRows(store, parked)
         self._seeds = random.Random(seed)
         self._lock = threading.Condition()
         self._queue: deque[_Request] = deque()
         self._active: list[_Request] = []
+        self._admitting: list[_Request] = []
+        """Requests taken off the queue for the pass being computed (not active yet)."""
         self._in_flight = 0
         self._closing = False
         self._failure: BaseException | None = None
@@ -412,6 +586,7 @@ class HFEngine:
             _load_state(self.model, state)
             with torch.inference_mode():
                 self._decoder = _PackedDecoder(self.model, self._packed_rows)
+            self._parked.clear()
 
     async def close(self) -> None:
         """Stop the scheduler; requests not finished yet return what they have with ``abort``."""
@@ -426,8 +601,11 @@ class HFEngine:
         """The scheduler loop. A failure is handed to every waiting caller, then re-raised."""
         try:
             with torch.inference_mode():
-                while (arrivals := self._next_arrivals()) is not None:
+                while True:
                     self._drop_cancelled()
+                    arrivals = self._next_arrivals()
+                    if arrivals is None:
+                        break
                     if arrivals or self._active:
                         self._pass(arrivals)
         except BaseException as error:
@@ -436,60 +614,110 @@ class HFEngine:
             raise
         self._finish_all("abort")
 
-    def _next_arrivals(self) -> list[_Request] | None:
-        """Queued requests to admit in the next pass (sleeping while idle); None once closing."""
+    def _next_arrivals(self) -> list[tuple[_Request, _Source | None]] | None:
+        """Queued requests to admit in the next pass, with their reusable prefixes (sleeping while
+        idle); None once closing. Requests not admitted go back to the front of the queue."""
+        candidates = self._take_queued()
+        if candidates is None:
+            return None
+        arrivals: list[tuple[_Request, _Source | None]] = []
+        new_tokens = 0
+        for request in candidates:
+            source = self._find_source(request.prompt_ids)
+            new = len(request.prompt_ids) - (source.length if source else 0)
+            if arrivals and (new_tokens + new > self.max_prefill_tokens or _waits_for(request, source, arrivals)):
+                break
+            arrivals.append((request, source))
+            new_tokens += new
+        if len(arrivals) < len(candidates):
+            with self._lock:
+                self._queue.extendleft(reversed(candidates[len(arrivals) :]))
+        return arrivals
+
+    def _take_queued(self) -> list[_Request] | None:
+        """Pop as many queued requests as there are free slots (waiting while idle); None once closing."""
         with self._lock:
             while not self._queue and not self._active and not self._closing:
                 self._lock.wait()
             if self._closing:
                 return None
-            arrivals: list[_Request] = []
-            tokens = 0
-            while self._queue and len(self._active) + len(arrivals) < self.max_batch_size:
-                request = self._queue[0]
-                if arrivals and tokens + len(request.prompt_ids) > self.max_prefill_tokens:
-                    break
-                self._queue.popleft()
+            taken: list[_Request] = []
+            while self._queue and len(self._active) + len(taken) < self.max_batch_size:
+                request = self._queue.popleft()
                 if request.cancelled:
                     self._in_flight -= 1
-                    continue
-                arrivals.append(request)
-                tokens += len(request.prompt_ids)
-        return arrivals
+                else:
+                    taken.append(request)
+        return taken
 
-    def _pass(self, arrivals: list[_Request]) -> None:
+    def _find_source(self, prompt: list[int]) -> _Source | None:
+        """The running or parked row holding the longest prefix of ``prompt`` (leaving one token to run)."""
+        best: _Source | None = None
+        longest = _MIN_REUSED_TOKENS - 1
+        for slot, request in enumerate(self._active):
+            shared = _shared_prefix(prompt, request.prompt_ids + request.token_ids, min(len(prompt) - 1, request.cached))
+            if shared > longest:
+                best, longest = _Source(self._cache, slot, shared, parked=False), shared
+        for row, tokens in enumerate(self._parked.tokens):
+            if tokens is not None and (shared := _shared_prefix(prompt, tokens, len(prompt) - 1)) > longest:
+                best, longest = _Source(self._parked.store, row, shared, parked=True), shared
+        return best
+
+    def _pass(self, arrivals: list[tuple[_Request, _Source | None]]) -> None:
         """One forward for every running row plus the arrivals' prompts, then sampling and retirement."""
         started = time.perf_counter()
+        self._admitting = [request for request, _ in arrivals]
         running = len(self._active)
         ids, positions, plan = self._plan(arrivals)
-        last = torch.tensor(list(range(running)) + [start + length - 1 for _, start, length in plan.prefills],
-                            device=self.device)
-        logits = self._decoder.forward(ids, positions, plan, self._cache, last)
+        last = [*range(running), *(p.start + p.new - 1 for p in plan.prefills)]
+        logits = self._decoder.forward(ids, positions, plan, self._cache, torch.tensor(last, device=self.device))
         for request in self._active:
             request.cached += 1
-        for request in arrivals:
+        for request, _ in arrivals:
             request.cached = len(request.prompt_ids)
-        self._active.extend(arrivals)
+        self._active.extend(self._admitting)
+        self._admitting = []
         self._append_samples(logits)
-        self._count(running, arrivals, time.perf_counter() - started)
+        self._count(running, plan.prefills, time.perf_counter() - started)
 
-    def _plan(self, arrivals: list[_Request]) -> tuple[torch.Tensor, torch.Tensor, _Plan]:
-        """Packed token ids and positions for a pass, and where each part reads and writes the cache."""
+    def _plan(self, arrivals: list[tuple[_Request, _Source | None]]) -> tuple[torch.Tensor, torch.Tensor, _Plan]:
+        """Packed token ids and positions for a pass, and where each part reads and writes the cache;
+        copies reused prefixes into the arrivals' slots."""
         running = self._active
         ids = [r.token_ids[-1] for r in running]
         positions = [r.cached for r in running]
-        width = max(positions, default=-1) + 1
+        width = _round_up(max(positions, default=-1) + 1, _WIDTH_MULTIPLE)
+        longest = max([width] + [len(r.prompt_ids) for r, _ in arrivals])
+        self._cache.ensure(len(running) + len(arrivals), longest)
         prefills = []
-        for slot, request in enumerate(arrivals, start=len(running)):
-            prefills.append((slot, len(ids), len(request.prompt_ids)))
-            ids.extend(request.prompt_ids)
-            positions.extend(range(len(request.prompt_ids)))
-        self._cache.ensure(len(running) + len(arrivals), max([width] + [n for _, _, n in prefills]))
+        for slot, (request, source) in enumerate(arrivals, start=len(running)):
+            prompt = request.prompt_ids
+            reused = self._reuse(source, slot)
+            mask = None
+            if reused:
+                mask = torch.ones(len(prompt) - reused, len(prompt), dtype=torch.bool, device=self.device)
+                mask = mask.tril_(diagonal=reused)
+            prefills.append(_Prefill(slot, len(ids), reused, len(prompt), mask))
+            ids.extend(prompt[reused:])
+            positions.extend(range(reused, len(prompt)))
         position_tensor = torch.tensor(positions, device=self.device)
         plan = _Plan(len(running), position_tensor[: len(running)], width, prefills)
         return torch.tensor(ids, device=self.device), position_tensor, plan
 
-    def _count(self, running: int, arrivals: list[_Request], seconds: float) -> None:
+    def _reuse(self, source: _Source | None, slot: int) -> int:
+        """Copy ``source``'s prefix into ``slot``; returns its length (0 without a source)."""
+        if source is None:
+            return 0
+        self._cache.copy_row(source.cache, source.row, slot, source.length)
+        if source.parked:
+            parked = self._parked.tokens[source.row]
+            if parked is not None and source.length == len(parked):
+                self._parked.release(source.row)
+            else:
+                self._parked.touch(source.row)
+        return source.length
+
+    def _count(self, running: int, prefills: list[_Prefill], seconds: float) -> None:
         """Record one pass in the stats."""
         stats = self.stats
         stats.passes += 1
@@ -497,9 +725,10 @@ class HFEngine:
         if running:
             stats.decode_steps += 1
             stats.rows_per_step[running] += 1
-        if arrivals:
-            stats.prefills += len(arrivals)
-            stats.prompt_tokens += sum(len(r.prompt_ids) for r in arrivals)
+        if prefills:
+            stats.prefills += len(prefills)
+            stats.prompt_tokens += sum(p.length for p in prefills)
+            stats.reused_prompt_tokens += sum(p.reused for p in prefills)
             stats.prefill_seconds += seconds
 
     def _append_samples(self, logits: torch.Tensor) -> None:
@@ -527,9 +756,11 @@ class HFEngine:
     def _retire(self, slot: int, reason: FinishReason) -> None:
         """Deliver the request in ``slot`` and fill the slot with the last active row."""
         request = self._active[slot]
+        if reason != "abort":
+            self._parked.park(self._cache, slot, (request.prompt_ids + request.token_ids)[: request.cached])
         last = self._active.pop()
         if last is not request:
-            self._cache.move(len(self._active), slot, last.cached)
+            self._cache.copy_row(self._cache, len(self._active), slot, last.cached)
             self._active[slot] = last
         self._deliver(request, reason)
 
@@ -550,10 +781,18 @@ class HFEngine:
         """End every queued and active request (on close, or with the scheduler's failure)."""
         with self._lock:
             self._closing = True
-            pending = [*self._active, *self._queue]
-            self._active, self._queue = [], deque()
+            pending = [*self._active, *self._admitting, *self._queue]
+            self._active, self._admitting, self._queue = [], [], deque()
         for request in pending:
             self._deliver(request, reason, error)
+
+
+def _waits_for(request: _Request, source: _Source | None, admitted: list[tuple[_Request, _Source | None]]) -> bool:
+    """Whether ``request`` shares a longer prefix with a prompt admitted in this pass than with any
+    cached row: it then waits one pass and reuses that prompt's keys/values."""
+    reusable = max(source.length if source else 0, _MIN_REUSED_TOKENS - 1)
+    limit = len(request.prompt_ids) - 1
+    return any(_shared_prefix(request.prompt_ids, other.prompt_ids, limit) > reusable for other, _ in admitted)
 
 
 def _set_result(future: asyncio.Future[Generation], result: Generation) -> None:

@@ -1,0 +1,93 @@
+"""The training flow: prepare data → baseline evaluation → iterations of
+rollout → judge → update → (every k) evaluate → metrics → checkpoint.
+
+Each iteration is its own subflow run, ``iter-N``. Tasks pass file paths, not big objects. Rollout
+and judge results are cached on their inputs, so a re-run of a failed iteration reuses what
+finished; the policy, cursor and iteration come back from the last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.prepare_data import prepare_data
+from reinflow.config import load_config
+from reinflow.faults import crash_point
+from reinflow.run_artifacts import log_config, log_final_policy, log_reward_curve, log_trajectory_sample
+from reinflow.run_state import new_run, run_to_resume
+from reinflow.tracking import finish_run, log_iteration, start_run, tracking_uri
+from reinflow.training_session import SESSIONS, TrainingSession, open_session
+from tasks.checkpoint import checkpoint
+from tasks.evaluate import evaluate
+from tasks.judge import judge
+from tasks.rollout import rollout
+from tasks.update import update
+
+
+@flow(name="train", log_prints=True)
+def train(config_path: str, overrides: list[str] | None = None, resume: str | None = None,
+          project_root: str = ".") -> dict[str, Any]:
+    """Train the policy of ``config_path`` (``resume``: a run name, or ``"latest"``)."""
+    root = Path(project_root).resolve()
+    config = load_config(root / config_path, overrides or [])
+    run_dir, info = run_to_resume(config, root, None if resume == "latest" else resume) if resume else new_run(config, root)
+    prepare_data(config.data, project_root=str(root))
+    session = open_session(config, root, run_dir, info)
+    if info.mlflow_run_id is None:
+        info.mlflow_run_id = start_run(session.client, config, info.name, root)
+        info.save(run_dir)
+        log_config(session)
+    if session.iteration == 0:
+        log_iteration(session.client, info.mlflow_run_id, 0, evaluate(str(run_dir), 0, config.train.eval_pass_k))
+    for iteration in range(session.iteration + 1, config.train.iterations + 1):
+        train_iteration(str(run_dir), iteration, flow_run_name=f"iter-{iteration}")
+    return finish(session)
+
+
+@flow(name="train-iteration", flow_run_name="{flow_run_name}")
+def train_iteration(run_dir: str, iteration: int, flow_run_name: str) -> dict[str, float]:
+    """One GRPO iteration; returns its metrics (also logged to MLflow at step ``iteration``)."""
+    session = SESSIONS[run_dir]
+    config, config_dict = session.config, session.config.model_dump(mode="json")
+    rolled = rollout(config_dict, str(session.project_root), run_dir, iteration, session.cursor)
+    judged = judge(config_dict, str(session.project_root), run_dir, iteration, rolled["path"])
+    metrics = {**rolled["metrics"], **judged["metrics"], **update(run_dir, iteration, judged["path"])}
+    log_trajectory_sample(session, iteration, Path(judged["path"]))
+    session.cursor, session.iteration = rolled["next_cursor"], iteration
+    if iteration % config.train.eval_interval == 0 or iteration == config.train.iterations:
+        metrics |= evaluate(run_dir, iteration, config.train.eval_pass_k)
+    # metrics before the checkpoint: a crash between the two re-runs this iteration, whose
+    # already-logged step is then skipped (never missing, never duplicated)
+    log_iteration(session.client, session.info.mlflow_run_id, iteration, metrics)
+    crash_point("tracking", iteration)
+    if iteration % config.train.checkpoint_interval == 0 or iteration == config.train.iterations:
+        checkpoint(run_dir, iteration, session.cursor)
+    get_run_logger().info(
+        "iter %d: reward %.3f, success %.1f%%, %.0f s rollout", iteration, metrics["reward_mean"],
+        100 * metrics["success_rate"], metrics["rollout_seconds"],
+    )
+    return metrics
+
+
+def finish(session: TrainingSession) -> dict[str, Any]:
+    """Close the MLflow run and summarise baseline vs final held-out success."""
+    history = session.client.get_metric_history(session.info.mlflow_run_id, "eval/pass_at_1")
+    by_step = {metric.step: metric.value for metric in history}
+    curve = log_reward_curve(session)
+    model_uri = log_final_policy(session)
+    finish_run(session.client, session.info.mlflow_run_id)
+    session.info.status = "finished"
+    session.info.save(session.run_dir)
+    return {
+        "run_dir": str(session.run_dir),
+        "mlflow_run_id": session.info.mlflow_run_id,
+        "baseline_pass_at_1": by_step.get(0),
+        "final_pass_at_1": by_step.get(max(by_step)) if by_step else None,
+        "iterations": session.iteration,
+        "reward_curve": str(curve),
+        "model_uri": model_uri,
+        "tracking_uri": tracking_uri(session.config, session.project_root),
+    }

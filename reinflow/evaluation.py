@@ -1,0 +1,100 @@
+"""Held-out evaluation: greedy pass@1 and sampled pass@k, with a 95% Wilson interval.
+
+The policy runs the same workflow and judge as in training, on the first ``eval_tasks`` tasks of
+the eval split (the same tasks every time, so evaluations compare). pass@1 is one greedy episode
+per task; pass@k is the share of tasks with at least one success among k sampled episodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from reinflow.judge_rollouts import judge_rollout_file
+from reinflow.rollout import plan_episodes, run_rollout
+from reinflow.rollout_runtime import RolloutRuntime
+from reinflow.task_cursor import next_tasks
+from reinflow.tuned_model import TunedModel
+
+Z_95 = 1.959964
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (good at small n and near 0 or 1).
+
+    >>> [round(x, 3) for x in wilson_interval(50, 100)]
+    [0.404, 0.596]
+    >>> wilson_interval(0, 0)
+    (0.0, 1.0)
+    """
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def evaluate_policy(runtime: RolloutRuntime, judge: Any, data_path: Path, output_dir: Path, pass_k: int) -> dict[str, float]:
+    """Evaluate the engine's current weights; write the episodes under ``output_dir``; return
+    ``pass_at_1``, its interval, ``pass_at_k`` and the episode counts."""
+    config = runtime.config
+    tasks, _ = next_tasks(data_path, config.data.eval_split, 0, config.data.eval_tasks)
+    metrics = _pass_at(_judged_successes(runtime, judge, tasks, 1, 0.0, output_dir / "greedy"), 1)
+    if pass_k > 1:
+        sampled = _judged_successes(runtime, judge, tasks, pass_k, config.rollout.temperature, output_dir / "sampled")
+        metrics |= _pass_at(sampled, pass_k)
+    return metrics
+
+
+def _judged_successes(
+    runtime: RolloutRuntime, judge: Any, tasks: list, episodes_per_task: int, temperature: float, stem: Path
+) -> dict[str, list[bool]]:
+    rollout = _run(runtime, tasks, episodes_per_task, temperature, stem.with_suffix(".parquet"))
+    judged = stem.with_name(stem.name + "_judged.parquet")
+    judge_rollout_file(rollout, judged, judge, runtime.config.judge)
+    return _successes(judged)
+
+
+def _run(runtime: RolloutRuntime, tasks: list, episodes_per_task: int, temperature: float, output: Path) -> Path:
+    config = runtime.config
+    rollout = config.rollout.model_copy(update={"temperature": temperature})
+    plans = plan_episodes(tasks, episodes_per_task, config.train.seed, iteration=-1)
+    asyncio.run(
+        run_rollout(
+            runtime.workflow,
+            plans,
+            lambda seed: TunedModel.from_rollout_config(runtime.engine, runtime.tokenizer, rollout, seed),
+            output,
+            iteration=-1,
+            concurrency=config.rollout.concurrency,
+            episode_timeout_seconds=config.rollout.episode_timeout_seconds,
+            max_samples_per_episode=config.rollout.max_samples_per_episode,
+        )
+    )
+    return output
+
+
+def _successes(judged: Path) -> dict[str, list[bool]]:
+    """Per task: whether each episode succeeded (failed or unjudged episodes count as failures)."""
+    by_task: dict[str, list[bool]] = defaultdict(list)
+    for row in pq.read_table(judged, columns=["task_id", "is_success"]).to_pylist():
+        by_task[row["task_id"]].append(bool(row["is_success"]))
+    return by_task
+
+
+def _pass_at(by_task: dict[str, list[bool]], k: int) -> dict[str, float]:
+    solved = sum(any(results) for results in by_task.values())
+    low, high = wilson_interval(solved, len(by_task))
+    return {
+        f"pass_at_{k}": solved / len(by_task) if by_task else math.nan,
+        f"pass_at_{k}_ci_low": low,
+        f"pass_at_{k}_ci_high": high,
+        f"pass_at_{k}_tasks": float(len(by_task)),
+    }

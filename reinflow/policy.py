@@ -1,0 +1,387 @@
+"""The policy trainer: one model + optimizer that applies GRPO updates to batches of samples.
+
+``PolicyTrainer`` lives as long as a training run (in-process for ``backbone: debug``, inside a
+long-lived Ray actor for ``backbone: ray``) and keeps the model, the optimizer and the LR
+scheduler in memory between iterations. One ``train_step`` is one iteration's update:
+
+1. **old_logp** — the log-probs of the sampled tokens under the weights as they are before this
+   iteration's first optimizer step, at the rollout's sampling temperature
+   (``config.rollout.temperature``; 1.0 when sampling was greedy), no grad. They are taken from
+   epoch 0's own forward pass (detached): before the first optimizer step the weights are
+   unchanged across micro-batches, so that *is* the recomputation, and it saves a forward pass.
+   Where the model has active dropout (LoRA ``dropout > 0``, attention dropout) a separate
+   ``eval()`` pass computes them instead. ``logprob_mismatch`` = mean ``|old_logp -
+   engine_logprobs|`` over trained tokens: ~1e-6 for the ``hf`` engine in fp32.
+2. For each of ``epochs_per_batch`` epochs, for each micro-batch (``train_batch.micro_batches``):
+   forward right-padded with an attention mask, log-probs of ``ids[:, 1:]`` from the hidden states
+   at ``[:, :-1]`` (the loss mask, engine log-probs and targets are shifted alike), the lm_head
+   run only on trained positions, ``grpo.grpo_loss`` with ``normalizer`` = the whole batch's
+   (so the micro-batch losses and gradients sum to the full-batch ones), backward. Then
+   ``_reduce_gradients`` (all-reduce SUM over ranks), clip to ``max_grad_norm``, AdamW step.
+3. The LR scheduler steps **once per iteration** (per ``train_step``), not per optimizer step:
+   ``warmup_iterations`` counts iterations, and the epochs of one batch share one LR.
+   ``lr(i) = lr * min(1, (i + 1) / (warmup_iterations + 1))`` for the ``i``-th iteration (0-based).
+
+LoRA (peft): only the adapter trains; the reference policy for the KL is the same model under
+``disable_adapter()`` (no second copy). Full tuning keeps a frozen deep copy as reference only
+when ``kl_coef > 0``. The trainer always holds fp32 weights (``model.dtype`` is the engine's).
+
+Distributed: with ``world_size > 1`` each rank calls ``train_step`` on a disjoint shard with the
+*global* normaliser; gradients are summed over the default ``torch.distributed`` process group
+(initialised by the caller, e.g. the Ray backbone), so every rank takes the single-process step.
+Additive metrics (``loss``, ``policy_loss``, ``kl``, ``entropy``, ``clip_fraction``,
+``approx_kl``, ``ratio_mean``) are this rank's share: sum them over ranks. ``logprob_mismatch`` is
+this rank's mean over its ``trained_tokens``; ``grad_norm`` and ``lr`` are global.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from reinflow import grpo
+from reinflow.config import ExperimentConfig, LoraTuning
+from reinflow.train_batch import TrainSample, batch_normalizer, micro_batches
+
+_ADAPTER = "default"
+_BUCKET_ELEMENTS = 1 << 24
+"""Gradients are all-reduced in flat buckets of about this many elements (64 MiB in fp32)."""
+
+
+@dataclass
+class _MicroBatch:
+    """A right-padded micro-batch; ``B`` rows, ``L`` the longest sample."""
+
+    input_ids: Tensor  # [B, L] long (0 at padding)
+    attention_mask: Tensor  # [B, L] long
+    targets: Tensor  # [B, L-1] long: input_ids[:, 1:]
+    loss_mask: Tensor  # [B, L-1] bool: sample loss_mask[1:], False at padding
+    engine_logp: Tensor  # [B, L-1] fp32: sample engine_logprobs[1:]
+    advantages: Tensor  # [B] fp32
+    tokens: int  # real (unpadded) tokens
+
+
+class _Warmup:
+    """LR factor ``min(1, (i + 1) / (warmup + 1))`` for iteration ``i`` (a class, so the scheduler's
+    state dict records it)."""
+
+    def __init__(self, warmup_iterations: int) -> None:
+        self.warmup_iterations = warmup_iterations
+
+    def __call__(self, iteration: int) -> float:
+        return min(1.0, (iteration + 1) / (self.warmup_iterations + 1))
+
+
+class PolicyTrainer:
+    """The model, optimizer and LR scheduler of one training run; see the module docstring."""
+
+    def __init__(self, config: ExperimentConfig, model_folder: Path, *, rank: int = 0, world_size: int = 1,
+                 device: str | torch.device | None = None) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.config, self.train = config, config.train
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.temperature = config.rollout.temperature or 1.0
+        torch.manual_seed(self.train.seed)  # LoRA initialisation
+        model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32).to(self.device)
+        self.model, self.reference = _prepare(model, config)
+        self.model.train()
+        self.parameters = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+        self.optimizer = torch.optim.AdamW(  # fused: one kernel for all tensors, ~4x faster on CPU
+            list(self.parameters.values()), lr=self.train.lr, weight_decay=self.train.weight_decay, fused=True
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _Warmup(self.train.warmup_iterations))
+        self._dropout = _has_dropout(self.model)
+        if world_size > 1:
+            self._broadcast_parameters()
+
+    @property
+    def is_lora(self) -> bool:
+        return isinstance(self.config.model.tuning, LoraTuning)
+
+    # ---- the update ---------------------------------------------------------------------------
+
+    def train_step(self, samples: list[TrainSample], normalizer: float | None = None) -> dict[str, float]:
+        """One iteration's GRPO update on ``samples`` (this rank's shard); returns metrics.
+
+        ``normalizer``: the loss normaliser of the whole batch over all ranks (see
+        ``train_batch.load_train_batch``); ``None`` (single process only) uses these samples' own.
+        When it is 0 (nothing in the batch can train) no optimizer step is taken; the LR
+        scheduler still advances (it counts iterations).
+        """
+        started = time.perf_counter()
+        normalizer = self._resolve_normalizer(samples, normalizer)
+        lr = self.scheduler.get_last_lr()[0]
+        batches = [self._collate(mb) for mb in micro_batches(samples, self.train.micro_batch_tokens)]
+        metrics: dict[str, float] = {}
+        if normalizer > 0:
+            metrics = self._epochs(batches, normalizer)
+        with warnings.catch_warnings():  # an iteration without an optimizer step still advances the LR
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            self.scheduler.step()
+        seconds = time.perf_counter() - started
+        tokens = sum(mb.tokens for mb in batches) * (self.train.epochs_per_batch if normalizer > 0 else 0)
+        return metrics | {
+            "lr": lr,
+            "trained_tokens": float(sum(int(mb.loss_mask.sum()) for mb in batches)),
+            "update_seconds": seconds,
+            "update_tokens_per_second": tokens / seconds,
+        }
+
+    def _resolve_normalizer(self, samples: list[TrainSample], normalizer: float | None) -> float:
+        if normalizer is not None:
+            return float(normalizer)
+        if self.world_size > 1:
+            raise ValueError("train_step with world_size > 1 needs the global normalizer of the whole batch")
+        return float(batch_normalizer(samples, self.train.loss_aggregation))
+
+    def _epochs(self, batches: list[_MicroBatch], normalizer: float) -> dict[str, float]:
+        """All epochs over the micro-batches; metrics averaged over epochs (entropy: epoch 0)."""
+        old = [self._score(mb) for mb in batches] if self._dropout else [None] * len(batches)
+        refs = [self._reference_logp(mb) for mb in batches] if self.train.kl_coef > 0 else [None] * len(batches)
+        totals: dict[str, float] = {}
+        mismatch = [0.0, 0]
+        for epoch in range(self.train.epochs_per_batch):
+            self.optimizer.zero_grad(set_to_none=True)
+            for index, mb in enumerate(batches):
+                logp, entropy = self._logp(self.model, mb, with_entropy=epoch == 0)
+                if old[index] is None:
+                    old[index] = logp.detach()
+                if epoch == 0:
+                    _add_mismatch(mismatch, old[index], mb)
+                loss, parts = grpo.grpo_loss(
+                    logp, old[index], mb.advantages, mb.loss_mask,
+                    clip_ratio=self.train.clip_ratio, kl_coef=self.train.kl_coef, ref_logp=refs[index],
+                    aggregation=self.train.loss_aggregation, normalizer=normalizer, entropy=entropy,
+                )
+                loss.backward()
+                _accumulate(totals, {"loss": loss.detach()} | parts)
+            grad_norm = self._optimizer_step()
+            _accumulate(totals, {"grad_norm": grad_norm})
+        epochs = self.train.epochs_per_batch
+        metrics = {key: value / (1 if key == "entropy" else epochs) for key, value in totals.items()}
+        metrics["logprob_mismatch"] = mismatch[0] / max(mismatch[1], 1)
+        return metrics
+
+    def _optimizer_step(self) -> Tensor:
+        """Reduce the gradients over ranks, clip, step; returns the pre-clip global grad norm."""
+        self._reduce_gradients()
+        grad_norm = nn.utils.clip_grad_norm_(list(self.parameters.values()), self.train.max_grad_norm)
+        self.optimizer.step()
+        return grad_norm
+
+    def _reduce_gradients(self) -> None:
+        """All-reduce (SUM) every trainable gradient over the default process group when
+        ``world_size > 1``. A parameter without a gradient (a rank with an empty shard) gets zeros
+        first, so every rank steps every parameter alike. Flat buckets: few collectives."""
+        params = list(self.parameters.values())
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if self.world_size == 1:
+            return
+        if dist.get_world_size() != self.world_size:
+            raise RuntimeError(f"process group has {dist.get_world_size()} ranks, trainer expects {self.world_size}")
+        for bucket in _buckets([p.grad for p in params], _BUCKET_ELEMENTS):
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            offset = 0
+            for grad in bucket:
+                grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+                offset += grad.numel()
+
+    def _broadcast_parameters(self) -> None:
+        """Make every rank start from rank 0's trainable weights (they load the same files anyway)."""
+        with torch.no_grad():
+            for p in self.parameters.values():
+                dist.broadcast(p.data, src=0)
+
+    # ---- log-probs ----------------------------------------------------------------------------
+
+    def _collate(self, samples: list[TrainSample]) -> _MicroBatch:
+        """Right-pad ``samples`` into one ``_MicroBatch`` on the trainer's device."""
+        longest = max(len(s.token_ids) for s in samples)
+        ids = torch.zeros(len(samples), longest, dtype=torch.long)
+        mask = torch.zeros(len(samples), longest, dtype=torch.long)
+        loss_mask = torch.zeros(len(samples), longest, dtype=torch.bool)
+        engine = torch.zeros(len(samples), longest, dtype=torch.float32)
+        for row, s in enumerate(samples):
+            n = len(s.token_ids)
+            ids[row, :n] = torch.tensor(s.token_ids)
+            mask[row, :n] = 1
+            loss_mask[row, :n] = torch.tensor(s.loss_mask, dtype=torch.bool)
+            engine[row, :n] = torch.tensor(s.engine_logprobs, dtype=torch.float32)
+        advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
+        device = self.device
+        return _MicroBatch(ids.to(device), mask.to(device), ids[:, 1:].to(device), loss_mask[:, 1:].to(device),
+                           engine[:, 1:].to(device), advantages.to(device), int(mask.sum()))
+
+    def _logp(self, model: nn.Module, mb: _MicroBatch, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+        """``(logp [B, L-1], entropy [B, L-1] | None)`` of the targets at the sampling temperature;
+        0 at untrained positions. The lm_head runs only on the ``N`` trained positions."""
+        hidden = model.get_decoder()(
+            input_ids=mb.input_ids, attention_mask=mb.attention_mask, use_cache=False
+        ).last_hidden_state  # [B, L, H]
+        selected = hidden[:, :-1][mb.loss_mask]  # [N, H]
+        logits = model.get_output_embeddings()(selected)[None]  # [1, N, V]
+        token_logp = grpo.token_log_probs(logits, mb.targets[mb.loss_mask][None], self.temperature)[0]  # [N]
+        logp = torch.zeros(mb.loss_mask.shape, dtype=torch.float32, device=self.device).masked_scatter(
+            mb.loss_mask, token_logp
+        )
+        if not with_entropy:
+            return logp, None
+        with torch.no_grad():
+            token_entropy = grpo.entropy_from_logits(logits.detach(), self.temperature)[0]
+        entropy = torch.zeros_like(logp).masked_scatter(mb.loss_mask, token_entropy)
+        return logp, entropy
+
+    @torch.no_grad()
+    def _score(self, mb: _MicroBatch) -> Tensor:
+        """``old_logp [B, L-1]`` from a separate pass without dropout (only where dropout is active)."""
+        self.model.eval()
+        logp, _ = self._logp(self.model, mb, with_entropy=False)
+        self.model.train()
+        return logp
+
+    @torch.no_grad()
+    def _reference_logp(self, mb: _MicroBatch) -> Tensor:
+        """``ref_logp [B, L-1]`` under the reference policy (base without adapter, or the frozen copy)."""
+        if self.is_lora:
+            self.model.eval()
+            with self.model.disable_adapter():
+                logp, _ = self._logp(self.model, mb, with_entropy=False)
+            self.model.train()
+            return logp
+        logp, _ = self._logp(self.reference, mb, with_entropy=False)
+        return logp
+
+    # ---- weights for the engine, checkpoint state ---------------------------------------------
+
+    @torch.no_grad()
+    def engine_weights(self) -> dict[str, Tensor]:
+        """The full policy's weights under the plain model's names, for ``HFEngine.load_weights``.
+
+        Full tuning: the model's state dict (views of the live weights: hand them over before the
+        next step). LoRA: every adapted layer's ``W + scale * B @ A`` (peft's
+        ``get_delta_weight``), computed into new tensors; the trainable model is not touched.
+        """
+        if not self.is_lora:
+            return dict(self.model.state_dict())
+        from peft.tuners.lora import LoraLayer
+
+        base = self.model.get_base_model()
+        weights = {
+            name.replace(".base_layer.", "."): tensor
+            for name, tensor in base.state_dict().items()
+            if ".lora_" not in name
+        }
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer):
+                key = f"{name}.weight"
+                weights[key] = weights[key] + module.get_delta_weight(_ADAPTER)
+        return weights
+
+    def state(self) -> dict:
+        """Everything a checkpoint needs to resume exactly: ``weights`` (trainable parameters by
+        name: all of them, or the LoRA adapter), ``optimizer``, ``scheduler`` and ``rng`` (python,
+        numpy, torch). Tensors are views of the live state: write them before the next step."""
+        return {
+            "weights": {name: p.detach() for name, p in self.parameters.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def load_state(self, state: dict) -> None:
+        """Restore what ``state()`` returned (from this or an identically configured trainer)."""
+        weights = state["weights"]
+        if set(weights) != set(self.parameters):
+            missing, unexpected = set(self.parameters) - set(weights), set(weights) - set(self.parameters)
+            raise ValueError(
+                f"checkpoint weights do not fit this trainer: missing={sorted(missing)[:5]} "
+                f"unexpected={sorted(unexpected)[:5]} (was it written with other model or tuning settings?)"
+            )
+        with torch.no_grad():
+            for name, p in self.parameters.items():
+                p.copy_(weights[name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _prepare(model: nn.Module, config: ExperimentConfig) -> tuple[nn.Module, nn.Module | None]:
+    """``(trainable model, reference model or None)`` for the config's tuning."""
+    tuning = config.model.tuning
+    if isinstance(tuning, LoraTuning):
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=tuning.rank, lora_alpha=tuning.alpha, lora_dropout=tuning.dropout,
+                          target_modules=list(tuning.target_modules), task_type="CAUSAL_LM")
+        return get_peft_model(model, lora), None
+    reference = None
+    if config.train.kl_coef > 0:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    return model, reference
+
+
+def _has_dropout(model: nn.Module) -> bool:
+    """Whether training-mode forwards are random: a dropout module or attention dropout above 0."""
+    modules = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+    return modules or float(model.config.to_dict().get("attention_dropout", 0.0)) > 0
+
+
+def _add_mismatch(acc: list, old_logp: Tensor, mb: _MicroBatch) -> None:
+    """Add ``Σ |old_logp - engine_logp|`` over trained tokens and their count to ``acc``."""
+    acc[0] += float((old_logp - mb.engine_logp).abs()[mb.loss_mask].sum())
+    acc[1] += int(mb.loss_mask.sum())
+
+
+def _accumulate(totals: dict[str, float], values: dict[str, Tensor]) -> None:
+    for key, value in values.items():
+        totals[key] = totals.get(key, 0.0) + float(value)
+
+
+def _buckets(tensors: list[Tensor], elements: int) -> list[list[Tensor]]:
+    """Consecutive groups of tensors of about ``elements`` elements each (a large one alone)."""
+    groups: list[list[Tensor]] = [[]]
+    size = 0
+    for tensor in tensors:
+        if groups[-1] and size + tensor.numel() > elements:
+            groups.append([])
+            size = 0
+        groups[-1].append(tensor)
+        size += tensor.numel()
+    return [g for g in groups if g]
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch (CPU) RNG states, in types ``torch.load(weights_only=True)`` reads."""
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` returned."""
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])

@@ -1,0 +1,14 @@
+"""Prefect task: write the iteration's checkpoint (atomic; the last K kept)."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from reinflow.training_session import SESSIONS, save_checkpoint
+
+
+@task(name="checkpoint", task_run_name="checkpoint-iter-{iteration}", cache_policy=NO_CACHE)
+def checkpoint(run_dir: str, iteration: int, cursor: int) -> str:
+    """Returns the checkpoint folder."""
+    return str(save_checkpoint(SESSIONS[run_dir], iteration, cursor))

@@ -1,0 +1,24 @@
+"""Prefect task: held-out pass@1 (greedy) and pass@k (sampled) of the engine's current weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from reinflow.evaluation import evaluate_policy
+from reinflow.training_session import SESSIONS
+
+
+@task(name="evaluate", task_run_name="evaluate-iter-{iteration}", cache_policy=NO_CACHE)
+def evaluate(run_dir: str, iteration: int, pass_k: int) -> dict[str, float]:
+    """Evaluate into ``<run_dir>/eval/iter_N/``; returns the metrics prefixed ``eval/``."""
+    session = SESSIONS[run_dir]
+    data_path = session.project_root / session.config.data.path
+    metrics = evaluate_policy(session.runtime, session.judge, data_path, Path(run_dir) / "eval" / f"iter_{iteration}", pass_k)
+    get_run_logger().info(
+        "iteration %d: held-out pass@1 %.3f [%.3f, %.3f] on %d tasks",
+        iteration, metrics["pass_at_1"], metrics["pass_at_1_ci_low"], metrics["pass_at_1_ci_high"], metrics["pass_at_1_tasks"],
+    )
+    return {f"eval/{key}": value for key, value in metrics.items()}

@@ -1,0 +1,25 @@
+"""Prefect task: one GRPO update on ``judged/iter_N.parquet``; the engine gets the new weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from reinflow.faults import crash_point
+from reinflow.training_session import SESSIONS, update_policy
+
+
+@task(name="update", task_run_name="update-iter-{iteration}", cache_policy=NO_CACHE)
+def update(run_dir: str, iteration: int, judged_path: str) -> dict[str, Any]:
+    """Not cached: it changes the in-memory policy (a resumed run restores it from a checkpoint)."""
+    metrics = update_policy(SESSIONS[run_dir], Path(judged_path))
+    crash_point("update", iteration)
+    get_run_logger().info(
+        "iteration %d: loss %.4f, grad norm %.3f, %d trained tokens, mismatch %.2e",
+        iteration, metrics.get("loss", 0.0), metrics.get("grad_norm", 0.0), metrics.get("trained_tokens", 0),
+        metrics.get("logprob_mismatch", 0.0),
+    )
+    return metrics
