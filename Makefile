@@ -12,10 +12,9 @@ PYTEST_ARGS ?=
 setup:
 	@bash scripts/setup.sh
 
-# The main job: the embedded default run (configs/quickstart.yaml).
+# The main job: the embedded default training run (configs/quickstart.yaml), CPU, offline.
 train: setup
-	@echo "[train] the training loop is not built yet: running the embedded default's data preparation flow"
-	.venv/bin/reinflow prepare-data --conf configs/quickstart.yaml
+	.venv/bin/reinflow train --conf configs/quickstart.yaml
 
 # The fast suite (well under 15 minutes on 2 cores).
 test: setup

@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow
 
-from reinflow.config import DataConfig
+from reinflow.config import DataConfig, load_config
 from reinflow.data.shards import shards_intact, summarize
 from reinflow.data.sources import raw_file_intact, source_fingerprint, splits_to_prepare
 from tasks import run_cached
@@ -34,3 +34,15 @@ def prepare_data(data: DataConfig | dict[str, Any], project_root: str = ".") -> 
                    data.max_question_chars, str(root))
         summary[split] = summarize(path, split)
     return summary
+
+
+@flow(name="prepare-experiment-data")
+def prepare_experiment_data(config_path: str, overrides: list[str] | None = None,
+                            project_root: str = ".") -> dict[str, dict[str, Any]]:
+    """``prepare_data`` for the data section of an experiment config (the ``prepare-data`` deployment).
+
+    ``config_path`` is relative to ``project_root``; ``overrides`` are dotted ``key=value`` strings.
+    """
+    root = Path(project_root).resolve()
+    config = load_config(root / config_path, overrides or [])
+    return prepare_data(config.data, project_root=str(root))

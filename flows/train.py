@@ -19,7 +19,7 @@ from reinflow.faults import crash_point
 from reinflow.run_artifacts import log_config, log_final_policy, log_reward_curve, log_trajectory_sample
 from reinflow.run_state import new_run, run_to_resume
 from reinflow.tracking import finish_run, log_iteration, start_run, tracking_uri
-from reinflow.training_session import SESSIONS, TrainingSession, open_session
+from reinflow.training_session import SESSIONS, TrainingSession, close_session, open_session
 from tasks.checkpoint import checkpoint
 from tasks.evaluate import evaluate
 from tasks.judge import judge
@@ -81,6 +81,7 @@ def finish(session: TrainingSession) -> dict[str, Any]:
     finish_run(session.client, session.info.mlflow_run_id)
     session.info.status = "finished"
     session.info.save(session.run_dir)
+    close_session(session)
     return {
         "run_dir": str(session.run_dir),
         "mlflow_run_id": session.info.mlflow_run_id,

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from reinflow.faults import crash_point
 from reinflow.errors import ReinflowError
 
 WEIGHTS = "weights.safetensors"
@@ -93,6 +94,7 @@ def _write_files(folder: Path, iteration: int, trainer_state: dict, extra: dict,
     weights = {name: tensor.detach().contiguous().cpu() for name, tensor in trainer_state["weights"].items()}
     save_file(weights, str(folder / WEIGHTS))
     _fsync(folder / WEIGHTS)
+    crash_point("checkpoint", iteration)  # fault-injection tests: half a checkpoint on disk
     rest = {key: value for key, value in trainer_state.items() if key != "weights"}
     with open(folder / TRAINER_STATE, "wb") as handle:
         torch.save(rest, handle)

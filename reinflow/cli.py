@@ -128,6 +128,30 @@ def train(
     _print_summary(summary)
 
 
+@app.command("eval")
+def eval_(
+    conf: Annotated[Path, typer.Option("--conf", "-c", help="Experiment YAML file.")],
+    overrides: OverridesArg = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint folder (default: the newest of the experiment).")] = None,
+    base_model: Annotated[bool, typer.Option("--base-model", help="Evaluate the untrained model.")] = False,
+    pass_k: Annotated[int | None, typer.Option("--pass-k", min=1, help="k of pass@k (default: train.eval_pass_k).")] = None,
+) -> None:
+    """Held-out pass@1 (greedy) and pass@k (sampled) of a checkpoint or the base model."""
+    try:
+        load_config(conf, overrides or [])
+        from flows.evaluate import evaluate
+
+        result = evaluate(str(conf), list(overrides or []), str(checkpoint) if checkpoint else None, pass_k,
+                          base_model, project_root=str(Path.cwd()))
+    except ReinflowError as error:
+        _fail(str(error))
+    out.rule(f"[bold]evaluation of {result['evaluated']}")
+    for key, value in result.items():
+        if key.startswith("pass_at"):
+            out.print(f"{key:22s} {value:.4f}", highlight=False)
+    out.print(f"episodes: {result['output']}", highlight=False)
+
+
 def _print_summary(summary: dict) -> None:
     out.rule("[bold]training finished")
     out.print(f"run folder:      {summary['run_dir']}", highlight=False)

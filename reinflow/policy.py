@@ -95,6 +95,12 @@ class PolicyTrainer:
         torch.manual_seed(self.train.seed)  # LoRA initialisation
         model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32).to(self.device)
         self.model, self.reference = _prepare(model, config)
+        head = self.model.get_output_embeddings()
+        if not isinstance(head, nn.Linear) or head.bias is not None:
+            raise ValueError(
+                f"the trainer needs a bias-free nn.Linear lm_head, got {type(head).__name__}; "
+                "LoRA on the lm_head is not supported: remove 'lm_head' from model.tuning.target_modules"
+            )
         self.model.train()
         self.parameters = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(  # fused: one kernel for all tensors, ~4x faster on CPU
@@ -228,22 +234,21 @@ class PolicyTrainer:
 
     def _logp(self, model: nn.Module, mb: _MicroBatch, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
         """``(logp [B, L-1], entropy [B, L-1] | None)`` of the targets at the sampling temperature;
-        0 at untrained positions. The lm_head runs only on the ``N`` trained positions."""
+        0 at untrained positions. The lm_head runs only on the ``N`` trained positions, in row
+        chunks (``head_log_probs``): no ``[N, V]`` logits are kept."""
         hidden = model.get_decoder()(
             input_ids=mb.input_ids, attention_mask=mb.attention_mask, use_cache=False
         ).last_hidden_state  # [B, L, H]
         selected = hidden[:, :-1][mb.loss_mask]  # [N, H]
-        logits = model.get_output_embeddings()(selected)[None]  # [1, N, V]
-        token_logp = grpo.token_log_probs(logits, mb.targets[mb.loss_mask][None], self.temperature)[0]  # [N]
-        logp = torch.zeros(mb.loss_mask.shape, dtype=torch.float32, device=self.device).masked_scatter(
-            mb.loss_mask, token_logp
+        head = model.get_output_embeddings()
+        token_logp, token_entropy = head_log_probs(
+            selected, head.weight, mb.targets[mb.loss_mask], self.temperature, with_entropy
         )
+        logp = torch.zeros(mb.loss_mask.shape, dtype=torch.float32, device=self.device)
+        logp = logp.masked_scatter(mb.loss_mask, token_logp)
         if not with_entropy:
             return logp, None
-        with torch.no_grad():
-            token_entropy = grpo.entropy_from_logits(logits.detach(), self.temperature)[0]
-        entropy = torch.zeros_like(logp).masked_scatter(mb.loss_mask, token_entropy)
-        return logp, entropy
+        return logp, torch.zeros_like(logp).masked_scatter(mb.loss_mask, token_entropy)
 
     @torch.no_grad()
     def _score(self, mb: _MicroBatch) -> Tensor:
@@ -317,6 +322,90 @@ class PolicyTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
+
+
+# ----------------------------------------------------------------------------- lm_head log-probs
+
+HEAD_CHUNK_ROWS = 128
+"""Rows of lm_head output computed at once. ``[128, V]`` fp32 is 25 MB for V = 49k: below glibc's
+32 MiB mmap threshold, so chunk buffers are reused from the heap. Whole ``[N, V]`` tensors
+(300 MB for 1.5k tokens, ~10 of them per step) were each mmapped and page-faulted anew: ~3 GB of
+page faults per step of the built-in model, and ~1 GB of peak memory."""
+
+
+def head_log_probs(hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float,
+                   with_entropy: bool) -> tuple[Tensor, Tensor]:
+    """``log softmax(hidden @ weight.T / τ)[target]`` per row, and the entropy of that softmax.
+
+    Args:
+        hidden: ``[N, H]`` final hidden states at the positions that predict ``targets``.
+        weight: ``[V, H]`` the (bias-free) lm_head weight.
+        targets: ``[N]`` long. temperature: the sampling temperature ``τ > 0``.
+        with_entropy: compute the entropy too (else an empty tensor is returned for it).
+
+    Returns:
+        ``(logp [N], entropy [N] or [0])``; ``logp`` is differentiable in ``hidden`` and ``weight``,
+        the entropy is a metric (no gradient). Equal to ``grpo.token_log_probs`` /
+        ``grpo.entropy_from_logits`` on ``hidden @ weight.T`` (fp32 rounding aside), but computed
+        in chunks of ``HEAD_CHUNK_ROWS`` rows with the logits recomputed in the backward pass
+        (one extra lm_head matmul) instead of stored: Liger-kernel's fused linear cross-entropy.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to score tokens, got {temperature}")
+    return _HeadLogProbs.apply(hidden, weight, targets, float(temperature), with_entropy)
+
+
+def _chunks(rows: int) -> list[slice]:
+    return [slice(start, min(start + HEAD_CHUNK_ROWS, rows)) for start in range(0, rows, HEAD_CHUNK_ROWS)]
+
+
+def _scaled_logits(hidden: Tensor, weight: Tensor, temperature: float) -> Tensor:
+    """``hidden [C, H] @ weight.T / τ`` → ``[C, V]`` fp32."""
+    logits = hidden @ weight.T
+    return logits if temperature == 1.0 else logits.div_(temperature)
+
+
+class _HeadLogProbs(torch.autograd.Function):
+    """Autograd for ``head_log_probs``: saves ``hidden``, ``weight``, ``targets`` and the
+    per-row logsumexp, never the ``[N, V]`` logits."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float,
+                with_entropy: bool) -> tuple[Tensor, Tensor]:
+        rows = hidden.shape[0]
+        logp, lse = hidden.new_empty(rows), hidden.new_empty(rows)
+        entropy = hidden.new_empty(rows if with_entropy else 0)
+        for chunk in _chunks(rows):
+            z = _scaled_logits(hidden[chunk], weight, temperature)  # [C, V]
+            lse[chunk] = torch.logsumexp(z, dim=-1)
+            logp[chunk] = z.gather(1, targets[chunk, None])[:, 0] - lse[chunk]
+            if with_entropy:
+                log_p = z.sub_(lse[chunk, None])  # in place: z is ours
+                entropy[chunk] = -(log_p.exp() * log_p).sum(dim=-1)
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.temperature = temperature
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp: Tensor, _grad_entropy: Tensor) -> tuple:
+        """``d logp / d z = onehot(target) - softmax(z)``; ``z = hidden @ weight.T / τ``."""
+        hidden, weight, targets, lse = ctx.saved_tensors
+        need_hidden, need_weight = ctx.needs_input_grad[:2]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight) if need_weight else None
+        for chunk in _chunks(hidden.shape[0]):
+            g = grad_logp[chunk, None]  # [C, 1]
+            dz = _scaled_logits(hidden[chunk], weight, ctx.temperature)
+            dz = dz.sub_(lse[chunk, None]).exp_().mul_(-g)  # -softmax * g
+            dz.scatter_add_(1, targets[chunk, None], g)
+            if ctx.temperature != 1.0:
+                dz.div_(ctx.temperature)
+            if need_hidden:
+                grad_hidden[chunk] = dz @ weight
+            if need_weight:
+                grad_weight.addmm_(dz.T, hidden[chunk])
+        return grad_hidden, grad_weight, None, None, None
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -92,11 +92,18 @@ def update_policy(session: TrainingSession, judged_path: Path) -> dict[str, floa
     samples, batch_metrics = load_train_batch(judged_path, session.config.train)
     metrics = dict(batch_metrics)
     if samples:
-        metrics |= session.policy.train_step(samples)
+        metrics |= session.policy.train_step(samples, batch_metrics["loss_normalizer"])
     started = time.perf_counter()
     session.runtime.engine.load_weights(session.policy.engine_weights())
     metrics["weight_sync_seconds"] = time.perf_counter() - started
     return metrics
+
+
+def close_session(session: TrainingSession) -> None:
+    """Release the policy workers (Ray actors, and Ray itself where the run started it)."""
+    if session.config.backbone == "ray":
+        session.policy.close()
+    SESSIONS.pop(str(session.run_dir), None)
 
 
 def save_checkpoint(session: TrainingSession, iteration: int, cursor: int) -> Path:

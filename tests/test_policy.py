@@ -18,7 +18,7 @@ from reinflow.config import ExperimentConfig
 from reinflow.engines.base import SamplingParams
 from reinflow.engines.hf import HFEngine
 from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
-from reinflow.policy import PolicyTrainer
+from reinflow.policy import PolicyTrainer, head_log_probs
 from reinflow.train_batch import TrainSample, batch_normalizer
 
 LORA = {"type": "lora", "rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj", "up_proj"]}
@@ -86,6 +86,28 @@ def surrogate_loss(trainer: PolicyTrainer, samples: list[TrainSample], old: list
         old = old or logps
         losses = [grpo.grpo_loss(lp, o, mb.advantages, mb.loss_mask)[0] for lp, o, mb in zip(logps, old, batches)]
     return sum(float(x) for x in losses), logps
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_head_log_probs_equal_the_plain_computation(temperature):
+    """Values, entropy and both gradients against ``grpo``'s functions on full logits; N = 300
+    rows spans three chunks (the last one partial)."""
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(300, 16, generator=generator, requires_grad=True)
+    weight = torch.randn(1000, 16, generator=generator, requires_grad=True)
+    targets = torch.randint(0, 1000, (300,), generator=generator)
+    upstream = torch.randn(300, generator=generator)
+    logp, entropy = head_log_probs(hidden, weight, targets, temperature, with_entropy=True)
+    (logp * upstream).sum().backward()
+    fused = (logp.detach(), entropy, hidden.grad.clone(), weight.grad.clone())
+    hidden.grad = weight.grad = None
+    logits = (hidden @ weight.T)[None]
+    plain_logp = grpo.token_log_probs(logits, targets[None], temperature)[0]
+    (plain_logp * upstream).sum().backward()
+    plain_entropy = grpo.entropy_from_logits(logits.detach(), temperature)[0]
+    for got, want in zip(fused, (plain_logp.detach(), plain_entropy, hidden.grad, weight.grad)):
+        torch.testing.assert_close(got, want, atol=5e-5, rtol=1e-4)  # logits ~±16: matmul blocking differs
+    assert head_log_probs(hidden, weight, targets, temperature, with_entropy=False)[1].numel() == 0
 
 
 def test_update_changes_parameters_lowers_the_loss_and_favours_the_rewarded_token(folder):

@@ -22,7 +22,7 @@ CONFIG = ROOT / "tests" / "configs" / "tiny_e2e.yaml"
 
 def _project(tmp_path: Path) -> Path:
     """A throwaway project root: the repo's code is importable, data and runs land in tmp."""
-    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs").mkdir(parents=True)
     shutil.copy(CONFIG, tmp_path / "configs" / "tiny.yaml")
     return tmp_path
 
@@ -86,11 +86,18 @@ def _final_state(project: Path) -> tuple[dict, dict]:
     return load_file(str(checkpoint / "weights.safetensors")), json.loads((checkpoint / "meta.json").read_text())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stage", ["rollout", "update", "checkpoint", "tracking"])
-def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, stage):
-    reference = _project(tmp_path / "reference")
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    """One uninterrupted run, shared by the resume tests."""
+    reference = _project(tmp_path_factory.mktemp("reference"))
     _train(reference)
+    return reference
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["rollout", "judge", "update", "checkpoint", "tracking"])
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, reference_run, stage):
+    reference = reference_run
     crashed = _project(tmp_path / "crashed")
     killed = _train(crashed, env={"REINFLOW_CRASH_AT": f"{stage}:2"}, check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]

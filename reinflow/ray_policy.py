@@ -1,0 +1,510 @@
+"""The Ray backbone of the policy update: long-lived policy workers with one process group.
+
+``RayPolicyGroup(config, model_folder)`` has the interface of ``reinflow.policy.PolicyTrainer``
+that the training flow uses (``train_step``, ``engine_weights``, ``state``, ``load_state``) plus
+``close``. It is built **once per training run**:
+
+1. **Ray.** With ``$RAY_ADDRESS`` set it connects to that cluster (``ray start --head`` elsewhere,
+   see ``docs/RAY.md``); when Ray is already initialised in this process (a test's simulated
+   cluster, a user's own ``ray.init``) it uses that; otherwise it starts a private local
+   instance, quiet (no dashboard, worker logs not forwarded, Ray's own logging at ERROR) with
+   ``max(cpu_count, workers * cpus_per_worker)`` CPUs. ``close`` undoes only what the group did:
+   a local instance it started shuts down, a cluster it joined keeps running, a Ray that was
+   already initialised stays as it was.
+2. **Placement.** One placement group, one bundle per worker (``cpus_per_worker`` CPUs,
+   ``gpus_per_worker`` GPUs). The strategy is ``PACK`` by default: every worker on one node
+   where they fit (the all-reduce stays on the machine), spilling to other nodes of a cluster
+   where they do not. ``placement="SPREAD"`` (or ``$REINFLOW_RAY_PLACEMENT``) puts them on
+   different nodes where it can; ``STRICT_PACK`` / ``STRICT_SPREAD`` insist.
+3. **Workers.** ``config.train.workers`` actors (``_PolicyWorker``), each holding a
+   ``PolicyTrainer(rank=r, world_size=n)`` with ``torch.set_num_threads`` = its CPU share. Rank 0
+   picks a free TCP port on its own node's IP; every rank joins one ``torch.distributed`` group
+   there (``gloo`` on CPU, ``nccl`` when ``gpus_per_worker >= 1``). The trainers broadcast rank
+   0's weights at start, so every rank begins identical. The model folder is the driver's
+   resolved ``model_folder`` where it exists on the worker's node; elsewhere the worker resolves
+   ``config.model.path`` itself (a built-in or hub model is built / downloaded on that node).
+
+Per iteration, ``train_step(samples)``:
+
+- computes the **global** loss normaliser (``batch_normalizer`` over all samples, exactly what
+  one process would divide by; or takes it as ``train_step(samples, normalizer)`` like
+  ``PolicyTrainer``) and splits the samples into ``workers`` shards balanced by tokens
+  (``shard_samples``: longest first onto the lightest shard; deterministic);
+- runs every rank's ``PolicyTrainer.train_step(shard, normaliser)`` at once. Each rank's
+  gradients are its share of the batch gradient; they are all-reduced (SUM), so every rank takes
+  the single-process optimizer step and holds the same parameters afterwards;
+- returns one metrics dict (``combine_metrics``): the additive GRPO metrics are summed over ranks
+  (each rank's share used the global normaliser, so the sum is the batch value: ``loss``,
+  ``policy_loss``, ``kl``, ``entropy``, ``clip_fraction``, ``approx_kl``, ``ratio_mean``) and so is
+  ``trained_tokens``; ``logprob_mismatch`` is the token-weighted mean over ranks; ``grad_norm`` and
+  ``lr`` are global (rank 0's); ``update_seconds`` is the slowest rank's compute time and
+  ``update_tokens_per_second`` = all ranks' processed tokens / that time (the group's rate). Two
+  keys are added: ``update_wall_seconds`` (the driver's wall time of the call) and
+  ``update_overhead_seconds`` = wall − slowest rank's compute (dispatch, serialisation, waiting:
+  the Ray backbone's fixed cost per iteration, see ``bench/ray_overhead.py``).
+
+``engine_weights()`` and ``state()`` come from rank 0 (all ranks hold the same parameters);
+``state()`` adds ``rank_rng``, the other ranks' RNG states, so a resume is exact with dropout too.
+Weights travel as NumPy arrays through Ray's object store and are read zero-copy here: the
+returned tensors are **read-only** views of the object store (the engine's ``load_weights``
+copies them into its own parameters; copy before writing to them). ``load_state(state)`` puts the
+state into the object store once and restores it on every rank.
+
+Failures: an actor that dies (killed, out of memory, its node lost) makes the current or next
+call raise ``RayWorkerLost`` (a ``RuntimeError``) as soon as Ray reports it, without waiting for
+the surviving ranks (which may be blocked in the all-reduce). The group is then unusable: its
+workers are killed and their resources freed at once, every later call raises ``RayWorkerLost``
+too, and a resumed run builds a new group (in this process or another) and loads the last
+checkpoint; ``close()`` still disconnects Ray. An exception inside ``train_step`` on any rank
+breaks the group the same way (its ranks may disagree after it); one inside ``load_state`` (e.g.
+a checkpoint of another model) is re-raised and leaves the group usable. Workers are also killed
+when the group is garbage-collected; Ray kills them anyway when the driver process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import sys
+import time
+import warnings
+import weakref
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reinflow.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from reinflow.train_batch import TrainSample
+
+# torch (and everything that imports it) is imported lazily: a worker process imports this
+# module before ``_PolicyWorker.__init__`` has set the forwarded environment, and OpenMP reads
+# ``OMP_WAIT_POLICY`` when torch loads it.
+
+PLACEMENT_ENV = "REINFLOW_RAY_PLACEMENT"
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+FORWARDED_ENV = ("OMP_WAIT_POLICY", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "HF_HUB_OFFLINE",
+                 "REINFLOW_CACHE_DIR", "TOKENIZERS_PARALLELISM")
+"""Environment variables the driver hands to its workers (where set here), so that they also reach
+workers on other nodes of a cluster. ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (spinning OpenMP
+threads are 3-6x slower on a small CPU)."""
+
+SUMMED_METRICS = frozenset(
+    {"loss", "policy_loss", "kl", "entropy", "clip_fraction", "approx_kl", "ratio_mean", "trained_tokens"}
+)
+"""Metrics that are each rank's share of the batch value (the global normaliser): summed."""
+
+_log = logging.getLogger(__name__)
+
+
+class RayWorkerLost(RuntimeError):
+    """A policy worker died (or stopped answering) and the group can no longer train.
+
+    Close the group; a resumed run rebuilds it from the last checkpoint."""
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def shard_samples(samples: Sequence[TrainSample], shards: int) -> list[list[TrainSample]]:
+    """Split ``samples`` into ``shards`` lists balanced by tokens (``len(token_ids)``).
+
+    Longest first (ties: the earlier sample), each onto the shard with the fewest tokens so far
+    (ties: the lower rank): the classic greedy, within one longest sample of the best split.
+    Each shard keeps the samples' original order. Deterministic; every sample appears once;
+    shards may be empty when there are fewer samples than shards.
+    """
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    loads = [0] * shards
+    members: list[list[int]] = [[] for _ in range(shards)]
+    for index in sorted(range(len(samples)), key=lambda i: (-len(samples[i].token_ids), i)):
+        target = min(range(shards), key=lambda r: (loads[r], r))
+        loads[target] += len(samples[index].token_ids)
+        members[target].append(index)
+    return [[samples[i] for i in sorted(indices)] for indices in members]
+
+
+def combine_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
+    """One metrics dict from every rank's ``train_step`` metrics (see the module docstring)."""
+    combined = dict(per_rank[0])
+    for key in SUMMED_METRICS:
+        if any(key in m for m in per_rank):
+            combined[key] = float(sum(m.get(key, 0.0) for m in per_rank))
+    tokens = [m.get("trained_tokens", 0.0) for m in per_rank]
+    if "logprob_mismatch" in combined:
+        total = sum(tokens)
+        combined["logprob_mismatch"] = (
+            sum(m.get("logprob_mismatch", 0.0) * t for m, t in zip(per_rank, tokens)) / total if total else 0.0
+        )
+    seconds = [m["update_seconds"] for m in per_rank]
+    processed = sum(m["update_tokens_per_second"] * s for m, s in zip(per_rank, seconds))
+    combined["update_seconds"] = max(seconds)
+    combined["update_tokens_per_second"] = processed / max(seconds) if max(seconds) > 0 else 0.0
+    return combined
+
+
+def _to_numpy(weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """CPU NumPy arrays where the dtype allows (Ray ships those zero-copy), tensors otherwise."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for name, tensor in weights.items():
+        tensor = tensor.detach().cpu()
+        out[name] = tensor.numpy() if tensor.dtype not in (torch.bfloat16,) else tensor
+    return out
+
+
+def _from_numpy(weights: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Tensors over the (read-only) arrays, without copying."""
+    import numpy as np
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return {name: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for name, v in weights.items()}
+
+
+def _to_cpu(value: Any) -> Any:
+    """``value`` with every tensor moved to the CPU (dicts, lists and tuples walked)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- the worker actor
+
+
+class _PolicyWorker:
+    """One rank: a ``PolicyTrainer`` inside a Ray actor process, alive for the whole run."""
+
+    def __init__(self, threads: int, env: dict[str, str]) -> None:
+        late = [key for key in env if key == "OMP_WAIT_POLICY" and "torch" in sys.modules
+                and os.environ.get(key) != env[key]]
+        os.environ.update(env)  # before torch loads OpenMP (see the imports above)
+        import torch
+
+        if late:
+            logging.getLogger(__name__).warning("torch was loaded before OMP_WAIT_POLICY=%s was set: "
+                                                "export it before `ray start` on this node", env["OMP_WAIT_POLICY"])
+        torch.set_num_threads(threads)
+        self.trainer = None
+
+    def endpoint(self) -> tuple[str, int]:
+        """``(this node's IP, a free TCP port on it)``: the rendezvous, asked of rank 0 only."""
+        import ray
+
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def setup(self, config: ExperimentConfig, model_folder: str, rank: int, world_size: int,
+              master: tuple[str, int], backend: str, device: str, timeout_s: float) -> dict[str, Any]:
+        """Join the process group and build the trainer (all ranks at once: it broadcasts)."""
+        import ray
+        import torch
+        import torch.distributed as dist
+
+        from reinflow.models import resolve_model
+        from reinflow.policy import PolicyTrainer
+
+        started = time.perf_counter()
+        if world_size > 1:
+            dist.init_process_group(backend, init_method=f"tcp://{master[0]}:{master[1]}", rank=rank,
+                                    world_size=world_size, timeout=timedelta(seconds=timeout_s))
+        folder = Path(model_folder)
+        if not (folder / "config.json").is_file():
+            folder = resolve_model(config.model.path)
+        self.trainer = PolicyTrainer(config, folder, rank=rank, world_size=world_size, device=device)
+        return {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
+                "ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "threads": torch.get_num_threads(),
+                "device": str(self.trainer.device), "setup_seconds": time.perf_counter() - started}
+
+    def train_step(self, samples: list[TrainSample], normalizer: float) -> dict[str, float]:
+        return self.trainer.train_step(samples, normalizer)
+
+    def engine_weights(self) -> dict[str, Any]:
+        return _to_numpy(self.trainer.engine_weights())
+
+    def trainable_weights(self, gradients: bool = False) -> dict[str, Any]:
+        """This rank's trainable parameters, or their last gradients (tests compare with them)."""
+        params = self.trainer.parameters.items()
+        if gradients:
+            return _to_numpy({name: p.grad for name, p in params if p.grad is not None})
+        return _to_numpy(dict(params))
+
+    def state(self) -> dict:
+        return _to_cpu(self.trainer.state())
+
+    def rng_state(self) -> dict:
+        from reinflow.policy import rng_state
+
+        return rng_state()
+
+    def load_state(self, state: dict, rng: dict | None = None) -> None:
+        """``PolicyTrainer.load_state``, then this rank's own RNG state where one is given."""
+        from reinflow.policy import set_rng_state
+
+        self.trainer.load_state(state)
+        if rng is not None:
+            set_rng_state(rng)
+
+    def ping(self) -> int:
+        return os.getpid()
+
+
+# ----------------------------------------------------------------------------- the group
+
+
+class RayPolicyGroup:
+    """``config.train.workers`` long-lived policy workers on Ray; see the module docstring.
+
+    ``placement``: the placement group strategy (default ``$REINFLOW_RAY_PLACEMENT`` or ``PACK``).
+    ``timeout_s``: how long any call waits for its workers before declaring them lost (``None``:
+    no limit; a long update is not a failure). ``start_timeout_s``: how long to wait for the
+    cluster to grant the workers' resources and for the workers to start.
+    """
+
+    def __init__(self, config: ExperimentConfig, model_folder: Path, *, placement: str | None = None,
+                 timeout_s: float | None = None, start_timeout_s: float = 600.0) -> None:
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        train = config.train
+        self.config = config
+        self.workers = train.workers
+        self.timeout_s = timeout_s
+        self.placement = (placement or os.environ.get(PLACEMENT_ENV) or "PACK").upper()
+        if self.placement not in PLACEMENT_STRATEGIES:
+            raise ValueError(f"placement must be one of {PLACEMENT_STRATEGIES}, got {self.placement!r}")
+        self._broken: str | None = None
+        self._handles: dict[str, Any] = {"actors": [], "pg": None}
+        self._finalizer = weakref.finalize(self, _release, self._handles)  # also when garbage-collected
+        self.started_ray = init_ray(train.workers * train.cpus_per_worker)
+        try:
+            bundle: dict[str, float] = {"CPU": train.cpus_per_worker}
+            if train.gpus_per_worker:
+                bundle["GPU"] = train.gpus_per_worker
+            pg = self._handles["pg"] = placement_group(
+                [dict(bundle) for _ in range(self.workers)], strategy=self.placement,
+                name=f"reinflow-policy-{os.getpid()}-{id(self):x}",
+            )
+            if not pg.wait(timeout_seconds=start_timeout_s):
+                raise RuntimeError(
+                    f"Ray could not reserve {self.workers} worker(s) of {bundle} ({self.placement}) within "
+                    f"{start_timeout_s:.0f} s; the cluster has {ray.cluster_resources()} "
+                    "(lower train.workers / cpus_per_worker / gpus_per_worker or add nodes)"
+                )
+            env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            threads = max(1, int(train.cpus_per_worker))
+            actor_class = ray.remote(_PolicyWorker)
+            actors = self._handles["actors"]
+            for rank in range(self.workers):
+                strategy = PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=rank)
+                actors.append(actor_class.options(
+                    num_cpus=train.cpus_per_worker, num_gpus=train.gpus_per_worker, max_restarts=0,
+                    scheduling_strategy=strategy,
+                    name=f"reinflow-policy-rank{rank}-{os.getpid()}-{id(self):x}",
+                ).remote(threads, env))
+            gpu = train.gpus_per_worker > 0
+            backend = "nccl" if train.gpus_per_worker >= 1 else "gloo"
+            master = self._call([self._actors[0].endpoint.remote()], "start", start_timeout_s)[0]
+            self.nodes = self._call(
+                [actor.setup.remote(config, str(model_folder), rank, self.workers, master, backend,
+                                    "cuda" if gpu else "cpu", _PG_TIMEOUT_S)
+                 for rank, actor in enumerate(self._actors)],
+                "start", start_timeout_s,
+            )
+        except BaseException:
+            self.close()
+            raise
+        _log.info("policy group: %d worker(s) on %d node(s), %s", self.workers,
+                  len({n["node_id"] for n in self.nodes}), backend)
+
+    # ---- the PolicyTrainer interface ----------------------------------------------------------
+
+    def train_step(self, samples: list[TrainSample], normalizer: float | None = None) -> dict[str, float]:
+        """One iteration's update on the whole batch, split over the workers; merged metrics.
+
+        ``normalizer``: the batch's loss normaliser, as for ``PolicyTrainer.train_step``; ``None``
+        uses ``batch_normalizer`` over all ``samples`` (what one process would use)."""
+        import ray
+
+        from reinflow.train_batch import batch_normalizer
+
+        self._check()
+        started = time.perf_counter()
+        if normalizer is None:
+            normalizer = batch_normalizer(samples, self.config.train.loss_aggregation)
+        normalizer = float(normalizer)
+        shards = shard_samples(samples, self.workers)
+        try:
+            per_rank = self._call(
+                [actor.train_step.remote(shard, normalizer) for actor, shard in zip(self._actors, shards)],
+                "train_step", self.timeout_s,
+            )
+        except RayWorkerLost:
+            raise
+        except ray.exceptions.RayError as error:  # an exception inside a rank: the ranks may now disagree
+            self._fail(f"train_step failed on a worker: {error}")
+            raise
+        metrics = combine_metrics(per_rank)
+        wall = time.perf_counter() - started
+        metrics["update_wall_seconds"] = wall
+        metrics["update_overhead_seconds"] = max(0.0, wall - metrics["update_seconds"])
+        return metrics
+
+    def engine_weights(self) -> dict[str, torch.Tensor]:
+        """The full policy's weights from rank 0, as read-only tensors (see the module docstring)."""
+        self._check()
+        return _from_numpy(self._call([self._actors[0].engine_weights.remote()], "engine_weights", self.timeout_s)[0])
+
+    def state(self) -> dict:
+        """Rank 0's ``PolicyTrainer.state()`` (on the CPU) plus ``rank_rng``: the RNG states of
+        ranks 1.. (they differ from rank 0's where dropout draws random numbers)."""
+        self._check()
+        refs = [self._actors[0].state.remote()] + [actor.rng_state.remote() for actor in self._actors[1:]]
+        state, *rank_rng = self._call(refs, "state", self.timeout_s)
+        return state | {"rank_rng": rank_rng}
+
+    def load_state(self, state: dict) -> None:
+        """Restore ``state`` on every rank (shipped to the object store once). Ranks 1.. get their
+        own RNG state from ``rank_rng`` when it has one per rank, else rank 0's (a checkpoint of
+        the debug backbone, say)."""
+        import ray
+
+        self._check()
+        ref = ray.put({key: value for key, value in state.items() if key != "rank_rng"})
+        rank_rng = state.get("rank_rng") or []
+        own = [None] + (list(rank_rng) if len(rank_rng) == self.workers - 1 else [None] * (self.workers - 1))
+        self._call([actor.load_state.remote(ref, rng) for actor, rng in zip(self._actors, own)],
+                   "load_state", self.timeout_s)
+
+    def close(self) -> None:
+        """Kill the workers, free their placement group and disconnect from Ray if this group
+        connected (a local Ray it started shuts down). Safe to call twice."""
+        import ray
+
+        self._finalizer()
+        self._broken = self._broken or "closed"
+        if self.started_ray:
+            if ray.is_initialized():
+                ray.shutdown()
+            self.started_ray = False
+
+    def __enter__(self) -> RayPolicyGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- plumbing -----------------------------------------------------------------------------
+
+    @property
+    def _actors(self) -> list[Any]:
+        return self._handles["actors"]
+
+    def _fail(self, reason: str) -> str:
+        """Mark the group unusable and free its workers and resources at once (a resumed run can
+        build a new group in this process even before ``close``); returns ``reason``."""
+        self._broken = reason
+        self._finalizer()
+        return reason
+
+    def _check(self) -> None:
+        if self._broken is not None:
+            raise RayWorkerLost(f"the policy group can no longer be used ({self._broken}); close it and rebuild")
+
+    def _call(self, refs: list, what: str, timeout_s: float | None) -> list:
+        """Wait for every ref; the first lost worker (or the timeout) raises ``RayWorkerLost`` at
+        once, without waiting for the other ranks."""
+        import ray
+
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        results: dict[int, Any] = {}
+        pending = list(refs)
+        while pending:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
+            if not ready:
+                ranks = [refs.index(ref) for ref in pending]
+                raise RayWorkerLost(self._fail(f"{what}: no answer from policy worker(s) {ranks} within {timeout_s} s"))
+            index = refs.index(ready[0])
+            try:
+                results[index] = ray.get(ready[0])
+            except _lost_errors() as error:
+                reason = f"{what}: policy worker {index} of {self.workers} was lost: {error}"
+                raise RayWorkerLost(self._fail(reason)) from error
+        return [results[i] for i in range(len(refs))]
+
+
+def _release(handles: dict[str, Any]) -> None:
+    """Kill the actors and remove the placement group in ``handles`` (errors ignored: they may be
+    dead already, or Ray gone)."""
+    actors, pg = handles["actors"], handles["pg"]
+    handles["actors"], handles["pg"] = [], None
+    try:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        if not ray.is_initialized():
+            return
+        for actor in actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already dead
+                pass
+        if pg is not None:
+            remove_placement_group(pg)
+    except Exception:  # noqa: BLE001 - at interpreter exit Ray may be half shut down
+        pass
+
+
+_PG_TIMEOUT_S = 1800.0
+"""torch.distributed collective timeout: a rank waits this long for the others in an all-reduce
+(a slow rank's compute counts, so it is generous; a *dead* rank is detected by the driver)."""
+
+
+def _lost_errors() -> tuple[type[BaseException], ...]:
+    import ray.exceptions as rex
+
+    return tuple(getattr(rex, name) for name in ("RayActorError", "WorkerCrashedError", "NodeDiedError",
+                                                  "OutOfMemoryError", "ObjectLostError") if hasattr(rex, name))
+
+
+def init_ray(cpus_needed: float = 0) -> bool:
+    """Make sure this process is connected to Ray; returns whether this call connected it.
+
+    Already initialised: nothing to do (``False``). ``$RAY_ADDRESS`` set: connect to that cluster.
+    Otherwise start a private, quiet local instance with ``max(cpu_count, cpus_needed)`` logical
+    CPUs (never an existing ``ray start`` instance: set ``RAY_ADDRESS=auto`` for that)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
+             "configure_logging": True}
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **quiet)
+        return True
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), **quiet)
+    return True
