@@ -7,8 +7,10 @@ on a batch of 8 episodes x 256 tokens (64 prompt tokens, 192 generated and train
 fine-tuning and LoRA (rank 16 on every linear layer), each in its own subprocess so that its peak
 memory is its own. Reported per configuration:
 
-- seconds per step (best and median of ``--steps`` after ``--warmup`` untimed steps) and tokens/s
-  (``8 * 256`` sequence tokens per step / best seconds);
+- seconds per step (best and median of ``--steps`` after ``--warmup`` untimed steps), tokens/s
+  (``8 * 256`` sequence tokens per step / best seconds), and the process CPU seconds per step
+  (with the 1-minute load average: on a shared machine the wall time is inflated, the CPU time
+  much less);
 - peak RSS: ``ru_maxrss`` of the subprocess (model load included) and the peak of a 20 ms
   ``psutil`` RSS sampler running during the timed steps;
 - model FLOP utilisation: ``6 * parameters * tokens / step seconds / peak``, where ``peak`` is the
@@ -110,16 +112,19 @@ def worker(args: argparse.Namespace) -> dict:
     rss_loaded = RssSampler().peak
     for _ in range(args.warmup):
         trainer.train_step(samples)
-    seconds = []
+    seconds, cpu_seconds = [], []
     with RssSampler() as sampler:
         for _ in range(args.steps):
+            cpu = time.process_time()
             seconds.append(trainer.train_step(samples)["update_seconds"])
+            cpu_seconds.append(time.process_time() - cpu)
     return {
         "tuning": args.worker,
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "trainable_parameters": sum(p.numel() for p in trainer.parameters.values()),
         "tokens_per_step": args.episodes * args.tokens,
         "step_seconds": seconds,
+        "step_cpu_seconds": cpu_seconds,
         "rss_after_load_bytes": rss_loaded,
         "rss_peak_during_steps_bytes": sampler.peak,
         "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -145,6 +150,7 @@ def report(results: list[dict], peak_gflops: float) -> dict:
             "best_step_seconds": round(best, 3),
             "median_step_seconds": round(median, 3),
             "tokens_per_second": round(r["tokens_per_step"] / best, 1),
+            "cpu_seconds_per_step": round(statistics.median(r["step_cpu_seconds"]), 2),
             "peak_rss_mib": round(r["ru_maxrss_bytes"] / 2**20),
             "peak_rss_during_steps_mib": round(r["rss_peak_during_steps_bytes"] / 2**20),
             "model_flop_utilisation": round(flops / best / (peak_gflops * 1e9), 3),
@@ -170,10 +176,11 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
     torch.set_num_threads(THREADS)
+    load_before = os.getloadavg()[0]
     peak = matmul_peak_gflops()
     results = [run_configuration(tuning, args) for tuning in args.tuning]
     peak = max(peak, matmul_peak_gflops())
-    figures = report(results, peak)
+    figures = report(results, peak) | {"load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     print(f"fp32 matmul peak: {figures['matmul_peak_gflops']} GFLOP/s ({THREADS} threads); model "
           f"{figures['parameters'] / 1e6:.1f}M parameters; {figures['tokens_per_step']} tokens per step")
     header = f"{'tuning':<6} {'best s':>7} {'median s':>9} {'tokens/s':>9} {'peak RSS MiB':>13} {'MFU':>6}"
@@ -181,6 +188,8 @@ def main() -> None:
     for row in figures["results"]:
         print(f"{row['tuning']:<6} {row['best_step_seconds']:>7} {row['median_step_seconds']:>9} "
               f"{row['tokens_per_second']:>9} {row['peak_rss_mib']:>13} {row['model_flop_utilisation']:>6}")
+    print(f"1-minute load average before/after: {figures['load_average_1min']} on {os.cpu_count()} CPUs "
+          "(above the thread count, another process shared the cores: wall times are inflated)")
     print(f"TRL GRPOTrainer baseline: {figures['trl_baseline']}")
     print(json.dumps(figures))
     if args.json:

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tests" / "configs" / "tiny_e2e.yaml"
-PREFECT = Path(sys.executable).with_name("prefect")
+PREFECT = [sys.executable, "-m", "prefect"]  # the `prefect` CLI of the Python running the tests
 SERVER_START_TIMEOUT_S = 240
 RUN_TIMEOUT_S = 600
 T = TypeVar("T")
@@ -42,7 +43,7 @@ class Stack:
 
     def cli(self, *args: str, timeout: float = 300) -> str:
         """Run a `prefect` command against the server from the project root; returns its output."""
-        result = subprocess.run([str(PREFECT), *args], cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+        result = subprocess.run([*PREFECT, *args], cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, timeout=timeout)
         assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout[-4000:]}"
         return result.stdout
@@ -134,7 +135,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     env = _environment(tmp_path / "prefect-home", api_url, port)
     processes: list[subprocess.Popen] = []
     try:
-        server = _start([str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env,
+        server = _start([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env,
                         logs / "server.log", tmp_path)
         processes.append(server)
         running = Stack(api_url, env, logs)
@@ -148,7 +149,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
         _wait_for("the server's health endpoint", healthy, SERVER_START_TIMEOUT_S, running)
         running.cli("work-pool", "create", "local", "--type", "process")
-        processes.append(_start([str(PREFECT), "worker", "start", "--pool", "local", "--name", "test-worker"],
+        processes.append(_start([*PREFECT, "worker", "start", "--pool", "local", "--name", "test-worker"],
                                 env, logs / "worker.log", tmp_path))
         yield running
     finally:
@@ -174,6 +175,36 @@ def _wait_until_final(stack: Stack, flow_run_id: str, timeout_s: float = RUN_TIM
     run = _wait_for(f"flow run {flow_run_id} to finish", final, timeout_s, stack)
     assert run["state"]["type"] == "COMPLETED", f"{run['name']}: {run['state']}" + stack.tails()
     return run
+
+
+def test_prefect_yaml_is_valid() -> None:
+    """Fast check of prefect.yaml: entrypoints exist, flows take the parameters, trigger validates."""
+    import ast
+
+    import yaml
+    from prefect.events import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {"prepare-data", "train", "evaluate"}
+    for deployment in deployments.values():
+        path, function = deployment["entrypoint"].split(":")
+        (flow,) = [node for node in ast.parse((ROOT / path).read_text()).body
+                   if isinstance(node, ast.FunctionDef) and node.name == function]
+        arguments = {argument.arg for argument in flow.args.args}
+        assert {"config_path", "overrides", "project_root"} <= arguments
+        assert set(deployment["parameters"]) <= arguments
+        assert deployment["work_pool"]["name"] == "local"
+    (schedule,) = deployments["train"]["schedules"]
+    assert schedule["active"] is False and schedule["cron"]
+    (trigger,) = deployments["evaluate"]["triggers"]
+    parsed = TypeAdapter(DeploymentTriggerTypes).validate_python(trigger)
+    assert parsed.expect == {"prefect.flow-run.Completed"}
+    parsed.set_deployment_id(uuid.uuid4())
+    (action,) = parsed.as_automation().actions  # validates the parameter templates
+    assert action.type == "run-deployment"
+    assert set(trigger["parameters"]) == {"config_path", "overrides", "project_root"}
 
 
 @pytest.mark.slow

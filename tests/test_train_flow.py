@@ -52,17 +52,21 @@ def _history(project: Path) -> dict[str, list[tuple[int, float]]]:
             for key in keys}
 
 
+BACKBONES = {"debug": [], "ray": ["--backbone", "ray", "train.workers=2", "train.cpus_per_worker=1"]}
+
+
 @pytest.mark.slow
-def test_two_iterations_debug_backbone(tmp_path):
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_two_iterations(tmp_path, backbone):
     project = _project(tmp_path)
-    result = _train(project)
+    result = _train(project, *BACKBONES[backbone])
     assert "held-out pass@1: baseline" in result.stdout
     run_dir = _run_dir(project)
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'runs' / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("tiny_e2e").experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.lr"] == "0.001" and run.data.params["rollout.group_size"] == "3"
-    assert run.data.tags["reinflow.backbone"] == "debug"
+    assert run.data.tags["reinflow.backbone"] == backbone
     history = _history(project)
     assert [step for step, _ in history["iteration"]] == [0, 1, 2]
     assert [step for step, _ in history["eval/pass_at_1"]] == [0, 2]
