@@ -1,23 +1,25 @@
 """Rollout throughput of the `hf` engine on the built-in model (SmolLM2-135M-Instruct, fp32, CPU).
 
-    .venv/bin/python bench/rollout_engine.py            # ~7 minutes on 2 cores
+    .venv/bin/python bench/rollout_engine.py            # ~6 minutes on 2 idle cores
 
-Every mode runs once per round (``--rounds``, default 2) and the best round counts: the machine may
-be shared, and the least disturbed round is the closest to its real speed. Measures generated
-tokens/s of:
+Measures generated tokens/s of:
 
 - engine, 16 streams: 16 concurrent episodes, each sending ``--requests-per-stream`` requests one
-  after another (a new request joins the running batch as soon as its predecessor stops: the
-  steady state of an agent rollout);
+  after another (a request joins the running batch as soon as its predecessor stops: the steady
+  state of an agent rollout, drained at the end);
 - engine, 16 at once: the first request of every stream, all submitted together (the batch drains
   as requests stop at different lengths);
 - (a) the same 16 requests one at a time through the same engine (concurrency 1);
-- (b) the decode floor: 16 / the time of one pass of a 16-row input through every ``nn.Linear`` of
-  the model (lm_head included; no attention, no sampling), best of ``--floor-passes`` passes a round;
-- (b') the same pass through the engine's own linear layers (q/k/v and gate/up fused, weights packed
-  once for oneDNN): the floor of the engine as built;
 - plain ``model.generate`` on the same 16 requests as one left-padded batch (it cannot stop rows at
-  their own max_new_tokens, so only each row's own budget of tokens is counted), for context.
+  their own max_new_tokens, so only each row's own budget of tokens is counted), for context;
+- (b) the decode floor: 16 / the time of one pass of a 16-row input through every ``nn.Linear`` of
+  the model (lm_head included; no attention, no sampling), best of ``--floor-passes`` passes;
+- (b') the same pass through the engine's own linear layers (q/k/v and gate/up fused, weights packed
+  once for oneDNN): the floor of the engine as built.
+
+The machine may be shared, so every mode runs once a round (``--rounds``), each between two floor
+measurements; a mode's "/ (b)" is against the floor measured around its own run, and the table
+shows each mode's best round.
 
 Requests: real chat-templated GSM8K questions (``$REINFLOW_GSM8K_DIR``, default
 ``../shared/data/gsm8k``; a few built-in questions where absent), ``max_new_tokens`` drawn from
@@ -192,34 +194,69 @@ class Busy:
         return f"mean rows/step {rows:.1f}, passes with a prefill {prefill:.1f}s of {busy:.1f}s busy"
 
 
-async def engine_mode(engine: HFEngine, name: str, streams: list[list[Request]]) -> Result:
-    """One engine measurement, printed with the scheduler's view of it."""
+@dataclass(frozen=True)
+class Sample:
+    """One mode's run and the decode floor (b) measured right around it."""
+
+    result: Result
+    floor: float
+    """Tokens/s of the floor: the faster of the floor passes just before and just after the run."""
+
+    @property
+    def floor_ratio(self) -> float:
+        return self.result.tokens_per_second / self.floor
+
+
+async def engine_mode(engine: HFEngine, streams: list[list[Request]]) -> tuple[Result, str]:
+    """One engine measurement, with the scheduler's view of it."""
     before = Busy.of(engine)
     result = await run_streams(engine, streams)
-    print(f"  {name:<28} {result.tokens_per_second:6.1f} tok/s  ({Busy.of(engine).since(before)})", flush=True)
-    return result
+    return result, Busy.of(engine).since(before)
+
+
+async def plain_mode(model, tokenizer, requests: list[Request]) -> tuple[Result, str]:
+    """``model.generate`` on one left-padded batch (blocks the loop: the engine is idle meanwhile)."""
+    return plain_generate(model, tokenizer, requests), ""
 
 
 async def measure(folder: Path, model, tokenizer, streams: list[list[Request]], rounds: int,
-                  floor_passes: int) -> dict[str, list]:
-    """Every mode once per round, on one engine and one plain model; returns the samples per mode."""
+                  floor_passes: int) -> tuple[dict[str, list[Sample]], float]:
+    """Every mode once a round, each between two floor measurements; returns the samples per mode
+    and the best pass time (s) through the engine's own linear layers."""
     first = [s[0] for s in streams]
-    engine = HFEngine(folder, dtype="float32", max_model_len=2048, max_batch_size=len(streams))
+    rows = len(streams)
+    engine = HFEngine(folder, dtype="float32", max_model_len=2048, max_batch_size=rows)
     await engine.generate(first[0].prompt_ids, SamplingParams(max_new_tokens=4, temperature=1.0, top_p=1.0))
-    samples: dict[str, list] = {key: [] for key in ("floor", "own_floor", "streams", "at_once", "sequential", "plain")}
+    modes = {
+        "streams": lambda: engine_mode(engine, streams),
+        "at_once": lambda: engine_mode(engine, [[r] for r in first]),
+        "sequential": lambda: engine_mode(engine, [first]),
+        "plain": lambda: plain_mode(model, tokenizer, first),
+    }
+    samples: dict[str, list[Sample]] = {name: [] for name in modes}
+    own_floor = float("inf")
     for round_index in range(rounds):
         print(f"round {round_index + 1}/{rounds}", flush=True)
-        samples["floor"].append(linear_floor(model, len(streams), floor_passes))
-        samples["own_floor"].append(engine_floor(engine, len(streams), floor_passes))
-        print(f"  floors: nn.Linear {samples['floor'][-1] * 1e3:.0f} ms, engine linears "
-              f"{samples['own_floor'][-1] * 1e3:.0f} ms per pass at batch {len(streams)}", flush=True)
-        samples["streams"].append(await engine_mode(engine, f"engine, {len(streams)} streams", streams))
-        samples["at_once"].append(await engine_mode(engine, f"engine, {len(first)} at once", [[r] for r in first]))
-        samples["sequential"].append(await engine_mode(engine, "engine, one at a time", [first]))
-        samples["plain"].append(plain_generate(model, tokenizer, first))
-        print(f"  {'plain model.generate':<28} {samples['plain'][-1].tokens_per_second:6.1f} tok/s", flush=True)
+        own_floor = min(own_floor, engine_floor(engine, rows, floor_passes))
+        before = linear_floor(model, rows, floor_passes)
+        for name, run in modes.items():
+            result, note = await run()
+            after = linear_floor(model, rows, floor_passes)
+            samples[name].append(Sample(result, rows / min(before, after)))
+            print(f"  {LABELS[name].format(rows=rows):<48} {result.tokens_per_second:6.1f} tok/s, "
+                  f"{samples[name][-1].floor_ratio:.2f} x floor ({samples[name][-1].floor:.1f} tok/s)  {note}",
+                  flush=True)
+            before = after
     await engine.close()
-    return samples
+    return samples, own_floor
+
+
+LABELS = {
+    "streams": "engine, {rows} streams x back-to-back requests",
+    "at_once": "engine, {rows} requests at once (batch drains)",
+    "sequential": "(a) engine, same requests one at a time",
+    "plain": "plain model.generate, batch {rows} (left-padded)",
+}
 
 
 def main() -> None:
@@ -228,7 +265,7 @@ def main() -> None:
     parser.add_argument("--requests-per-stream", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="each mode runs once a round; the best round counts")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--floor-passes", type=int, default=10)
+    parser.add_argument("--floor-passes", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = resolve_model(SMOLLM2)
@@ -239,32 +276,29 @@ def main() -> None:
           f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, torch {torch.__version__}; "
           f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    samples = asyncio.run(measure(folder, model, tokenizer, streams, args.rounds, args.floor_passes))
+    samples, own_floor = asyncio.run(measure(folder, model, tokenizer, streams, args.rounds, args.floor_passes))
     print(f"load average after: {os.getloadavg()[0]:.2f} (other processes on this machine disturb the timings)")
-    best = {key: max(values, key=lambda r: r.tokens_per_second) for key, values in samples.items() if "floor" not in key}
-    print_table(best, min(samples["floor"]), min(samples["own_floor"]), args.streams)
+    print_table(samples, own_floor, args.streams)
 
 
-def print_table(results: dict[str, Result], floor_seconds: float, own_floor_seconds: float, rows: int) -> None:
-    """The summary (best round of each mode): absolute tokens/s and ratios to (a) and (b)."""
-    sequential = results["sequential"].tokens_per_second
-    floor = rows / floor_seconds
-    lines = [
-        (f"engine, {rows} streams x back-to-back requests", results["streams"]),
-        (f"engine, {rows} requests at once (batch drains)", results["at_once"]),
-        ("(a) engine, same requests one at a time", results["sequential"]),
-        (f"plain model.generate, batch {rows} (left-padded)", results["plain"]),
-    ]
-    print(f"\n{'mode':<48} {'tokens':>7} {'s':>7} {'tok/s':>7} {'/ (a)':>6} {'/ (b)':>6}")
-    for name, result in lines:
+def print_table(samples: dict[str, list[Sample]], own_floor_seconds: float, rows: int) -> None:
+    """The best round of each mode: tokens/s, the ratio to (a)'s best round, and the ratio to the
+    floor (b) measured around that run."""
+    best = {name: max(runs, key=lambda sample: sample.result.tokens_per_second) for name, runs in samples.items()}
+    sequential = best["sequential"].result.tokens_per_second
+    print(f"\n{'mode (best round)':<48} {'tokens':>7} {'s':>7} {'tok/s':>7} {'/ (a)':>6} {'/ (b)':>6}")
+    for name, sample in best.items():
+        result = sample.result
         rate = result.tokens_per_second
-        print(f"{name:<48} {result.tokens:>7} {result.seconds:>7.1f} {rate:>7.1f} {rate / sequential:>6.2f} {rate / floor:>6.2f}")
-    print(f"{f'(b) decode floor: all nn.Linear at batch {rows}':<48} {'':>7} {floor_seconds:>7.3f} {floor:>7.1f} "
-          f"{floor / sequential:>6.2f} {1.0:>6.2f}")
+        print(f"{LABELS[name].format(rows=rows):<48} {result.tokens:>7} {result.seconds:>7.1f} {rate:>7.1f} "
+              f"{rate / sequential:>6.2f} {sample.floor_ratio:>6.2f}")
+    floor = max(sample.floor for runs in samples.values() for sample in runs)
+    label = f"(b) decode floor: all nn.Linear at batch {rows}"
+    print(f"{label:<48} {'':>7} {rows / floor:>7.3f} {floor:>7.1f} {floor / sequential:>6.2f} {1.0:>6.2f}")
     own = rows / own_floor_seconds
     label = f"(b') engine linears (fused, packed) at batch {rows}"
-    print(f"{label:<48} {'':>7} {own_floor_seconds:>7.3f} "
-          f"{own:>7.1f} {own / sequential:>6.2f} {own / floor:>6.2f}")
+    print(f"{label:<48} {'':>7} {own_floor_seconds:>7.3f} {own:>7.1f} {own / sequential:>6.2f} {own / floor:>6.2f}")
+    print("/ (b) of a mode is against the floor measured around that run; the (b) row is the best floor seen.")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,13 +32,25 @@ def _project(tmp_path: Path) -> Path:
 def _train(project: Path, *extra: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     command = [sys.executable, "-c", "from reinflow.cli import main; main()", "train", "--conf", "configs/tiny.yaml", *extra]
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env or {})}
-    log = project / "train.log"
-    with log.open("a") as sink:
-        result = subprocess.run(command, cwd=project, env=environment, stdout=subprocess.PIPE, stderr=sink,
-                                text=True, timeout=600)
+    out, log = project / "train.out", project / "train.log"
+    # files, not pipes: a SIGKILLed CLI leaves Prefect's ephemeral server behind holding its pipes
+    with out.open("w") as stdout, log.open("a") as stderr:
+        process = subprocess.Popen(command, cwd=project, env=environment, stdout=stdout, stderr=stderr,
+                                   start_new_session=True)
+        try:
+            returncode = process.wait(timeout=600)
+        finally:
+            _kill_group(process.pid)
+    result = subprocess.CompletedProcess(command, returncode, out.read_text(), log.read_text())
     if check:
-        assert result.returncode == 0, result.stdout[-3000:] + log.read_text()[-3000:]
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+def _kill_group(pgid: int) -> None:
+    """Whatever the run left in its session (e.g. the ephemeral Prefect server after a SIGKILL)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _run_dir(project: Path) -> Path:
