@@ -351,7 +351,7 @@ def _start_local_engine(options: LocalJudgeOptions) -> tuple[Engine, Any]:
     from reinflow.models import resolve_model
 
     folder = resolve_model(options.model_path)
-    engine = create_engine(folder, max_model_len=options.max_model_len, max_batch_size=8)
+    engine = create_engine("hf", folder, max_model_len=options.max_model_len, max_batch_size=8)
     return engine, AutoTokenizer.from_pretrained(folder)
 
 

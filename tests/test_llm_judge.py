@@ -522,7 +522,7 @@ def test_local_backend_through_the_hf_engine(monkeypatch: pytest.MonkeyPatch) ->
     from reinflow.engines.hf import HFEngine
 
     factory = types.ModuleType("reinflow.engines.factory")
-    factory.create_engine = lambda folder, **options: HFEngine(folder, device="cpu", **options)  # type: ignore[attr-defined]
+    factory.create_engine = lambda kind, folder, **options: HFEngine(folder, device="cpu", **options)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "reinflow.engines.factory", factory)
     judge = MathAnswerAndLlmAsJudge(backend="local", model_path="builtin:tiny-random-llama", max_new_tokens=16, max_model_len=2048)
     outcome = asyncio.run(_reward_or_judge_error(judge, episode(UNSURE)))
@@ -531,7 +531,6 @@ def test_local_backend_through_the_hf_engine(monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.slow
 def test_local_backend_runs_the_builtin_model() -> None:
-    pytest.importorskip("reinflow.engines.factory", reason="reinflow.engines.factory (create_engine) is not written yet")
     judge = MathAnswerAndLlmAsJudge(backend="local", max_new_tokens=96, max_model_len=2048)
     outcome = asyncio.run(_reward_or_judge_error(judge, episode(UNSURE)))
     # SmolLM2-135M mostly echoes the prompt (a judge error); a parsed verdict must be 0 or 1
