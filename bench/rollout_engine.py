@@ -179,19 +179,25 @@ class Busy:
     decoded_rows: int
     busy_seconds: float
     prefill_seconds: float
+    prompt_tokens: int
+    reused_tokens: int
 
     @classmethod
     def of(cls, engine: HFEngine) -> Busy:
         stats = engine.stats
         rows = sum(k * v for k, v in stats.rows_per_step.items())
-        return cls(stats.decode_steps, rows, stats.busy_seconds, stats.prefill_seconds)
+        return cls(stats.decode_steps, rows, stats.busy_seconds, stats.prefill_seconds, stats.prompt_tokens,
+                   stats.reused_prompt_tokens)
 
     def since(self, before: Busy) -> str:
         steps = self.decode_steps - before.decode_steps
         rows = (self.decoded_rows - before.decoded_rows) / max(steps, 1)
         busy = self.busy_seconds - before.busy_seconds
         prefill = self.prefill_seconds - before.prefill_seconds
-        return f"mean rows/step {rows:.1f}, passes with a prefill {prefill:.1f}s of {busy:.1f}s busy"
+        reused = self.reused_tokens - before.reused_tokens
+        prompt = self.prompt_tokens - before.prompt_tokens
+        return (f"mean rows/step {rows:.1f}, passes with a prefill {prefill:.1f}s of {busy:.1f}s busy, "
+                f"prompt tokens reused {reused}/{prompt}")
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,9 @@ class Sample:
 
 
 async def engine_mode(engine: HFEngine, streams: list[list[Request]]) -> tuple[Result, str]:
-    """One engine measurement, with the scheduler's view of it."""
+    """One engine measurement, with the scheduler's view of it. Rows parked by earlier runs (the
+    same prompts) are dropped first; prefixes shared within the run are still reused."""
+    engine.clear_prefix_cache()
     before = Busy.of(engine)
     result = await run_streams(engine, streams)
     return result, Busy.of(engine).since(before)

@@ -15,8 +15,10 @@ memory is its own. Reported per configuration:
   ``psutil`` RSS sampler running during the timed steps;
 - model FLOP utilisation: ``6 * parameters * tokens / step seconds / peak``, where ``peak`` is the
   fp32 matmul peak of this machine measured in the same command (best GFLOP/s of large square
-  ``torch.mm``s, before and after the runs: the machine may be shared, the best run is the least
-  disturbed). ``parameters`` counts every weight of the model (tied embeddings once). For LoRA
+  ``torch.mm``s before, between and after the runs: the machine may be shared, the best run is
+  the least disturbed). ``MFU same load`` divides instead by a peak measured right before each timed step,
+  inside the worker (on a shared machine, the denominator under the same load as the step).
+  ``parameters`` counts every weight of the model (tied embeddings once). For LoRA
   the same formula is printed for comparison, although it needs only ~4/6 of those FLOPs (no
   weight gradients for the frozen base).
 
@@ -112,9 +114,10 @@ def worker(args: argparse.Namespace) -> dict:
     rss_loaded = RssSampler().peak
     for _ in range(args.warmup):
         trainer.train_step(samples)
-    seconds, cpu_seconds = [], []
+    seconds, cpu_seconds, peaks = [], [], []
     with RssSampler() as sampler:
         for _ in range(args.steps):
+            peaks.append(matmul_peak_gflops(sizes=(4096,), repeats=2))  # under the step's own load
             cpu = time.process_time()
             seconds.append(trainer.train_step(samples)["update_seconds"])
             cpu_seconds.append(time.process_time() - cpu)
@@ -125,6 +128,7 @@ def worker(args: argparse.Namespace) -> dict:
         "tokens_per_step": args.episodes * args.tokens,
         "step_seconds": seconds,
         "step_cpu_seconds": cpu_seconds,
+        "adjacent_peak_gflops": peaks,
         "rss_after_load_bytes": rss_loaded,
         "rss_peak_during_steps_bytes": sampler.peak,
         "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -155,6 +159,8 @@ def report(results: list[dict], peak_gflops: float) -> dict:
             "peak_rss_during_steps_mib": round(r["rss_peak_during_steps_bytes"] / 2**20),
             "model_flop_utilisation": round(flops / best / (peak_gflops * 1e9), 3),
             "model_flop_utilisation_median": round(flops / median / (peak_gflops * 1e9), 3),
+            "model_flop_utilisation_same_load": round(statistics.median(
+                flops / s / (p * 1e9) for s, p in zip(r["step_seconds"], r["adjacent_peak_gflops"])), 3),
         })
     return {"matmul_peak_gflops": round(peak_gflops, 1), "parameters": results[0]["parameters"],
             "tokens_per_step": results[0]["tokens_per_step"], "results": rows,
@@ -179,15 +185,16 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     peak = matmul_peak_gflops()
     results = [run_configuration(tuning, args) for tuning in args.tuning]
-    peak = max(peak, matmul_peak_gflops())
+    peak = max([peak, matmul_peak_gflops()] + [p for r in results for p in r["adjacent_peak_gflops"]])
     figures = report(results, peak) | {"load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     print(f"fp32 matmul peak: {figures['matmul_peak_gflops']} GFLOP/s ({THREADS} threads); model "
           f"{figures['parameters'] / 1e6:.1f}M parameters; {figures['tokens_per_step']} tokens per step")
-    header = f"{'tuning':<6} {'best s':>7} {'median s':>9} {'tokens/s':>9} {'peak RSS MiB':>13} {'MFU':>6}"
-    print(header)
+    print(f"{'tuning':<6} {'best s':>7} {'median s':>9} {'CPU s':>6} {'tokens/s':>9} {'peak RSS MiB':>13} "
+          f"{'MFU':>6} {'MFU same load':>14}")
     for row in figures["results"]:
         print(f"{row['tuning']:<6} {row['best_step_seconds']:>7} {row['median_step_seconds']:>9} "
-              f"{row['tokens_per_second']:>9} {row['peak_rss_mib']:>13} {row['model_flop_utilisation']:>6}")
+              f"{row['cpu_seconds_per_step']:>6} {row['tokens_per_second']:>9} {row['peak_rss_mib']:>13} "
+              f"{row['model_flop_utilisation']:>6} {row['model_flop_utilisation_same_load']:>14}")
     print(f"1-minute load average before/after: {figures['load_average_1min']} on {os.cpu_count()} CPUs "
           "(above the thread count, another process shared the cores: wall times are inflated)")
     print(f"TRL GRPOTrainer baseline: {figures['trl_baseline']}")

@@ -254,7 +254,11 @@ def test_identical_prompts_are_prefilled_once(folder):
 
     async def group(engine: HFEngine) -> tuple[list[Generation], int]:
         results = await asyncio.gather(*(engine.generate(prompt, sampled(15, seed=s)) for s in range(4)))
-        return results, engine.stats.reused_prompt_tokens
+        reused = engine.stats.reused_prompt_tokens
+        engine.clear_prefix_cache()  # the parked rows held this prompt: now it is computed again
+        await engine.generate(prompt, greedy(2))
+        assert engine.stats.reused_prompt_tokens == reused
+        return results, reused
 
     results, reused = with_engine(folder, group)
     assert reused == 3 * (len(prompt) - 1)

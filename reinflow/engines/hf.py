@@ -588,6 +588,13 @@ class HFEngine:
                 self._decoder = _PackedDecoder(self.model, self._packed_rows)
             self._parked.clear()
 
+    def clear_prefix_cache(self) -> None:
+        """Forget the parked rows (between benchmark runs, say); needs no request in flight."""
+        with self._lock:
+            if self._in_flight:
+                raise EngineBusyError(f"clear_prefix_cache with {self._in_flight} request(s) in flight")
+            self._parked.clear()
+
     async def close(self) -> None:
         """Stop the scheduler; requests not finished yet return what they have with ``abort``."""
         with self._lock:
