@@ -11,20 +11,24 @@ scheduler in memory between iterations. One ``train_step`` is one iteration's up
    unchanged across micro-batches, so that *is* the recomputation, and it saves a forward pass.
    Where the model has active dropout (LoRA ``dropout > 0``, attention dropout) a separate
    ``eval()`` pass computes them instead. ``logprob_mismatch`` = mean ``|old_logp -
-   engine_logprobs|`` over trained tokens: ~1e-6 for the ``hf`` engine in fp32.
+   engine_logprobs|`` over trained tokens: ~2e-7 for the ``hf`` engine in fp32 (tiny model,
+   temperature 0.7; ``tests/test_policy.py`` bounds it at 1e-5).
 2. For each of ``epochs_per_batch`` epochs, for each micro-batch (``train_batch.micro_batches``):
    forward right-padded with an attention mask, log-probs of ``ids[:, 1:]`` from the hidden states
    at ``[:, :-1]`` (the loss mask, engine log-probs and targets are shifted alike), the lm_head
-   run only on trained positions, ``grpo.grpo_loss`` with ``normalizer`` = the whole batch's
-   (so the micro-batch losses and gradients sum to the full-batch ones), backward. Then
-   ``_reduce_gradients`` (all-reduce SUM over ranks), clip to ``max_grad_norm``, AdamW step.
+   run only on trained positions and in row chunks (``head_log_probs``: no ``[N, V]`` logits
+   kept), ``grpo.grpo_loss`` with ``normalizer`` = the whole batch's (so the micro-batch losses
+   and gradients sum to the full-batch ones), backward. Then ``_reduce_gradients`` (all-reduce
+   SUM over ranks), clip to ``max_grad_norm``, AdamW step (fused). Metrics are averaged over
+   epochs (``entropy``: epoch 0's, the policy that sampled).
 3. The LR scheduler steps **once per iteration** (per ``train_step``), not per optimizer step:
    ``warmup_iterations`` counts iterations, and the epochs of one batch share one LR.
    ``lr(i) = lr * min(1, (i + 1) / (warmup_iterations + 1))`` for the ``i``-th iteration (0-based).
 
 LoRA (peft): only the adapter trains; the reference policy for the KL is the same model under
 ``disable_adapter()`` (no second copy). Full tuning keeps a frozen deep copy as reference only
-when ``kl_coef > 0``. The trainer always holds fp32 weights (``model.dtype`` is the engine's).
+when ``kl_coef > 0``. The ``kl`` metric is reported only when ``kl_coef > 0`` (otherwise no
+reference is evaluated). The trainer always holds fp32 weights (``model.dtype`` is the engine's).
 
 Distributed: with ``world_size > 1`` each rank calls ``train_step`` on a disjoint shard with the
 *global* normaliser; gradients are summed over the default ``torch.distributed`` process group
@@ -98,8 +102,9 @@ class PolicyTrainer:
         head = self.model.get_output_embeddings()
         if not isinstance(head, nn.Linear) or head.bias is not None:
             raise ValueError(
-                f"the trainer needs a bias-free nn.Linear lm_head, got {type(head).__name__}; "
-                "LoRA on the lm_head is not supported: remove 'lm_head' from model.tuning.target_modules"
+                f"the trainer needs a bias-free nn.Linear lm_head, got {type(head).__name__}"
+                f"{' with a bias' if isinstance(head, nn.Linear) else ''}; LoRA on the lm_head is not "
+                "supported: remove 'lm_head' from model.tuning.target_modules"
             )
         self.model.train()
         self.parameters = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
