@@ -20,8 +20,8 @@ from reinflow.engines.factory import create_engine
 from reinflow.engines.hf import EngineBusyError, EngineClosedError, HFEngine, _Linear
 from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
 
-PROMPTS = [[1, 9, 40, 7], [1, 300, 301, 302, 303, 304, 305, 306, 307, 308, 309, 310], [1, 5], [1, 77, 88, 99, 111, 222, 333],
-           [1] + list(range(1000, 1040)), [1, 42, 42, 42, 42, 42]]
+PROMPTS = [[1, 9, 40, 7], [1, *range(300, 311)], [1, 5], [1, 77, 88, 99, 111, 222, 333], [1, *range(1000, 1040)],
+           [1, 42, 42, 42, 42, 42]]
 MAX_NEW = [9, 21, 5, 14, 30, 1]
 
 
@@ -74,8 +74,8 @@ def test_batched_greedy_equals_sequential_generate(folder, reference):
     results = with_engine(folder, body)
     for prompt, budget, result in zip(PROMPTS, MAX_NEW, results):
         with torch.no_grad():
-            out = reference.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                     max_new_tokens=budget, do_sample=False)
+            ids = torch.tensor([prompt])
+            out = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget, do_sample=False)
         assert result.token_ids == out[0, len(prompt):].tolist()
         assert (result.finish_reason, len(result.token_ids)) == ("length", budget)
 

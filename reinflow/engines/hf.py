@@ -27,11 +27,11 @@ Speed on CPU (see ``bench/rollout_engine.py``): a decode step is bound by stream
 through GEMMs with a few rows, where MKL's ``nn.Linear`` re-packs every weight on every call. Here
 q/k/v and gate/up are fused and every weight (lm_head included) is packed once for oneDNN
 (``torch.ops.mkldnn._reorder_linear_weight``): about 2x faster than ``nn.Linear`` at 16 rows.
-Elsewhere (GPU, non-fp32) the fused weights go through ``F.linear``. Embeddings, rotary tables, norm weights and activations are the
-model's own. The KV cache is a static buffer per layer ``[rows, kv_heads, capacity, head_dim]``
-written in place (``index_copy_``), grown by doubling up to ``max_batch_size`` x ``max_model_len``.
-The lm_head runs on the last position of each sequence only. Supported: ``llama``, ``qwen2`` and
-``qwen3`` (full attention).
+Elsewhere (GPU, non-fp32) the fused weights go through ``F.linear``. Embeddings, rotary tables,
+norm weights and activations are the model's own. The KV cache is a static buffer per layer,
+``[rows, kv_heads, capacity, head_dim]``, written in place (``index_copy_``) and grown by doubling
+up to ``max_batch_size`` x ``max_model_len``. The lm_head runs on the last position of each
+sequence only. Supported: ``llama``, ``qwen2`` and ``qwen3`` (full attention).
 
 Logprobs are ``log_softmax(logits / temperature)`` at the sampled token, before top-p truncation
 (temperature 0 = greedy, reported under temperature 1): what a trainer recomputes with a full fp32
@@ -662,7 +662,8 @@ class HFEngine:
         best: _Source | None = None
         longest = _MIN_REUSED_TOKENS - 1
         for slot, request in enumerate(self._active):
-            shared = _shared_prefix(prompt, request.prompt_ids + request.token_ids, min(len(prompt) - 1, request.cached))
+            held = request.prompt_ids + request.token_ids
+            shared = _shared_prefix(prompt, held, min(len(prompt) - 1, request.cached))
             if shared > longest:
                 best, longest = _Source(self._cache, slot, shared, parked=False), shared
         for row, tokens in enumerate(self._parked.tokens):

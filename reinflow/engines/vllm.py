@@ -97,7 +97,8 @@ class VLLMEngine:
         for path in self.model_folder.glob("*.json"):
             if not path.name.endswith(".index.json"):  # the weights index belongs to the old shards
                 shutil.copy(path, folder / path.name)
-        save_file({key: value.detach().contiguous().cpu() for key, value in state.items()}, folder / "model.safetensors")
+        tensors = {key: value.detach().contiguous().cpu() for key, value in state.items()}
+        save_file(tensors, folder / "model.safetensors")
         return folder
 
     async def close(self) -> None:
