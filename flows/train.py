@@ -18,7 +18,9 @@ from reinflow.config import load_config
 from reinflow.faults import crash_point
 from reinflow.run_artifacts import log_config, log_final_policy, log_reward_curve, log_trajectory_sample
 from reinflow.run_state import new_run, run_to_resume
-from reinflow.tracking import finish_run, log_iteration, start_run, tracking_uri
+from reinflow.run_summary import run_summary
+from reinflow.stage_timer import iteration_summary, timed
+from reinflow.tracking import finish_run, log_iteration, log_metric, start_run, tracking_uri
 from reinflow.training_session import SESSIONS, TrainingSession, close_session, open_session
 from tasks.checkpoint import checkpoint
 from tasks.evaluate import evaluate
@@ -41,7 +43,10 @@ def train(config_path: str, overrides: list[str] | None = None, resume: str | No
         info.save(run_dir)
         log_config(session)
     if session.iteration == 0:
-        log_iteration(session.client, info.mlflow_run_id, 0, evaluate(str(run_dir), 0, config.train.eval_pass_k))
+        seconds: dict[str, float] = {}
+        with timed(seconds, "evaluate"):
+            baseline = evaluate(str(run_dir), 0, config.train.eval_pass_k)
+        log_iteration(session.client, info.mlflow_run_id, 0, baseline | seconds)
     for iteration in range(session.iteration + 1, config.train.iterations + 1):
         train_iteration(str(run_dir), iteration, flow_run_name=f"iter-{iteration}")
     return finish(session)
@@ -52,30 +57,37 @@ def train_iteration(run_dir: str, iteration: int, flow_run_name: str) -> dict[st
     """One GRPO iteration; returns its metrics (also logged to MLflow at step ``iteration``)."""
     session = SESSIONS[run_dir]
     config, config_dict = session.config, session.config.model_dump(mode="json")
-    rolled = rollout(config_dict, str(session.project_root), run_dir, iteration, session.cursor)
-    judged = judge(config_dict, str(session.project_root), run_dir, iteration, rolled["path"])
-    metrics = {**rolled["metrics"], **judged["metrics"], **update(run_dir, iteration, judged["path"])}
-    log_trajectory_sample(session, iteration, Path(judged["path"]))
-    session.cursor, session.iteration = rolled["next_cursor"], iteration
-    if iteration % config.train.eval_interval == 0 or iteration == config.train.iterations:
-        metrics |= evaluate(run_dir, iteration, config.train.eval_pass_k)
-    # metrics before the checkpoint: a crash between the two re-runs this iteration, whose
-    # already-logged step is then skipped (never missing, never duplicated)
-    log_iteration(session.client, session.info.mlflow_run_id, iteration, metrics)
-    crash_point("tracking", iteration)
-    if iteration % config.train.checkpoint_interval == 0 or iteration == config.train.iterations:
-        checkpoint(run_dir, iteration, session.cursor)
-    get_run_logger().info(
-        "iter %d: reward %.3f, success %.1f%%, %.0f s rollout", iteration, metrics["reward_mean"],
-        100 * metrics["success_rate"], metrics["rollout_seconds"],
-    )
+    seconds: dict[str, float] = {}
+    with timed(seconds, "iteration"):
+        with timed(seconds, "rollout"):
+            rolled = rollout(config_dict, str(session.project_root), run_dir, iteration, session.cursor)
+        with timed(seconds, "judge"):
+            judged = judge(config_dict, str(session.project_root), run_dir, iteration, rolled["path"])
+        with timed(seconds, "update"):
+            updated = update(run_dir, iteration, judged["path"])
+        metrics = {**rolled["metrics"], **judged["metrics"], **updated}
+        log_trajectory_sample(session, iteration, Path(judged["path"]))
+        session.cursor, session.iteration = rolled["next_cursor"], iteration
+        if iteration % config.train.eval_interval == 0 or iteration == config.train.iterations:
+            with timed(seconds, "evaluate"):
+                metrics |= evaluate(run_dir, iteration, config.train.eval_pass_k)
+        # metrics before the checkpoint: a crash between the two re-runs this iteration, whose
+        # already-logged step is then skipped (never missing, never duplicated)
+        log_iteration(session.client, session.info.mlflow_run_id, iteration, metrics | seconds)
+        crash_point("tracking", iteration)
+        if iteration % config.train.checkpoint_interval == 0 or iteration == config.train.iterations:
+            with timed(seconds, "checkpoint"):
+                checkpoint(run_dir, iteration, session.cursor)
+            log_metric(session.client, session.info.mlflow_run_id, iteration, "seconds/checkpoint",
+                       seconds["seconds/checkpoint"])
+    log_metric(session.client, session.info.mlflow_run_id, iteration, "seconds/iteration", seconds["seconds/iteration"])
+    metrics |= seconds
+    get_run_logger().info(iteration_summary(iteration, config.train.iterations, metrics))
     return metrics
 
 
 def finish(session: TrainingSession) -> dict[str, Any]:
-    """Close the MLflow run and summarise baseline vs final held-out success."""
-    history = session.client.get_metric_history(session.info.mlflow_run_id, "eval/pass_at_1")
-    by_step = {metric.step: metric.value for metric in history}
+    """Close the MLflow run and summarise it: baseline vs final held-out success, where time went."""
     curve = log_reward_curve(session)
     model_uri = log_final_policy(session)
     finish_run(session.client, session.info.mlflow_run_id)
@@ -85,10 +97,9 @@ def finish(session: TrainingSession) -> dict[str, Any]:
     return {
         "run_dir": str(session.run_dir),
         "mlflow_run_id": session.info.mlflow_run_id,
-        "baseline_pass_at_1": by_step.get(0),
-        "final_pass_at_1": by_step.get(max(by_step)) if by_step else None,
         "iterations": session.iteration,
         "reward_curve": str(curve),
         "model_uri": model_uri,
         "tracking_uri": tracking_uri(session.config, session.project_root),
+        **run_summary(session.client, session.info.mlflow_run_id),
     }

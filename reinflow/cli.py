@@ -11,6 +11,7 @@ stays free of Prefect.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -21,8 +22,9 @@ from rich.console import Console
 
 from reinflow.config import DataConfig, load_config
 from reinflow.config_errors import ConfigError
-from reinflow.errors import ReinflowError
+from reinflow.errors import ReinflowError, RunInterrupted
 from reinflow.models import ModelResolutionError, resolve_model
+from reinflow.preflight import check_data, check_experiment
 
 app = typer.Typer(
     name="reinflow",
@@ -99,6 +101,7 @@ def rollout(
 
     try:
         config = load_config(conf, overrides or [])
+        check_experiment(config, Path.cwd(), str(conf))
         rows = debug_rollout(config, Path.cwd(), task, episodes)
     except ReinflowError as error:
         _fail(str(error))
@@ -115,16 +118,24 @@ def train(
         str | None,
         typer.Option(help="Continue a run: its name, or 'latest' for the newest unfinished run of the experiment."),
     ] = None,
+    with_logview: Annotated[
+        bool, typer.Option("--with-logview", help="Also serve `reinflow logview` in the background (`reinflow stop` ends it).")
+    ] = False,
 ) -> None:
     """Train: rollout → judge → GRPO update → checkpoint → evaluate, iteration after iteration."""
     settings = list(overrides or []) + ([f"backbone={backbone}"] if backbone else [])
     try:
-        load_config(conf, settings)  # fail fast, before Prefect starts
+        config = load_config(conf, settings)  # fail fast, before Prefect starts
+        check_experiment(config, Path.cwd(), str(conf))
+        if with_logview:
+            _start_logview(Path.cwd() / config.tracking.run_dir)
         from flows.train import train as train_flow
 
         summary = train_flow(str(conf), settings, resume, project_root=str(Path.cwd()))
     except ReinflowError as error:
         _fail(str(error))
+    except RunInterrupted as error:
+        _fail(f"{_one_line(error)} (what finished is kept: continue with `reinflow train --conf {conf} --resume latest`)")
     _print_summary(summary)
 
 
@@ -138,7 +149,7 @@ def eval_(
 ) -> None:
     """Held-out pass@1 (greedy) and pass@k (sampled) of a checkpoint or the base model."""
     try:
-        load_config(conf, overrides or [])
+        check_experiment(load_config(conf, overrides or []), Path.cwd(), str(conf))
         from flows.evaluate import evaluate
 
         result = evaluate(str(conf), list(overrides or []), str(checkpoint) if checkpoint else None, pass_k,
@@ -152,14 +163,90 @@ def eval_(
     out.print(f"episodes: {result['output']}", highlight=False)
 
 
+@app.command("logview")
+def logview(
+    runs_dir: Annotated[Path | None, typer.Option(help="Folder of <experiment>/<run>/ run folders [default: runs].")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port; 0 picks a free one [default: 0].")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1, loopback only].")] = None,
+    register_as: Annotated[str | None, typer.Option(hidden=True, help="Record this process in a pid file.")] = None,
+) -> None:
+    """Serve a local web page over the runs: reward curves, episode tables, conversations, token views."""
+    from pydantic import ValidationError
+
+    from reinflow.logview.server import exposure_warning, serve
+    from reinflow.logview.settings import LogviewSettings
+
+    given = {"runs_dir": runs_dir, "port": port, "host": host}
+    try:
+        settings = LogviewSettings(**{key: value for key, value in given.items() if value is not None})
+    except ValidationError as error:
+        _fail(f"logview: {error.errors()[0]['loc'][0]}: {error.errors()[0]['msg']}")
+    warning = exposure_warning(settings.host)
+    if warning:
+        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    try:
+        serve(settings, Path.cwd(), register_as,
+              lambda url: out.print(f"logview of {settings.runs_dir}: {url}  (Ctrl-C to stop)", highlight=False))
+    except OSError as error:
+        _fail(f"logview: cannot listen on {settings.host}:{settings.port}: {error.strerror or error}")
+
+
+@app.command("stop")
+def stop(
+    names: Annotated[list[str] | None, typer.Argument(help="Which registered processes (default: all).")] = None,
+) -> None:
+    """Stop the background processes reinflow started (e.g. `train --with-logview`), and only those."""
+    from reinflow import pidfiles
+
+    known = {record.name for record in pidfiles.records(Path.cwd())}
+    unknown = sorted(set(names or []) - known)
+    if unknown:
+        _fail(f"stop: nothing registered as {', '.join(unknown)} (registered: {', '.join(sorted(known)) or 'none'})")
+    results = pidfiles.stop(Path.cwd(), names)
+    for result in results:
+        record, where = result.record, result.record.info.get("url", "")
+        if result.outcome == "stale":
+            out.print(f"{record.name}: pid {record.pid} is no longer ours (ended or reused); removed its pid file", highlight=False)
+        else:
+            how = "stopped" if result.outcome == "terminated" else "killed (ignored SIGTERM)"
+            out.print(f"{how} {record.name} (pid {record.pid}) {where}".rstrip(), highlight=False)
+    if not results:
+        out.print("nothing to stop", highlight=False)
+
+
+def _start_logview(runs_dir: Path) -> None:
+    from reinflow.logview.background import ensure_background_logview
+
+    url, started = ensure_background_logview(Path.cwd(), runs_dir)
+    state = "started" if started else "already running"
+    out.print(f"logview: {url} ({state}; `reinflow stop` ends it)", highlight=False)
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (Ray and Prefect reports span several)."""
+    return " ".join(str(error).split())
+
+
 def _print_summary(summary: dict) -> None:
     out.rule("[bold]training finished")
     out.print(f"run folder:      {summary['run_dir']}", highlight=False)
     out.print(f"iterations:      {summary['iterations']}", highlight=False)
-    out.print(f"held-out pass@1: baseline {summary['baseline_pass_at_1']} -> final {summary['final_pass_at_1']}", highlight=False)
+    out.print(f"held-out pass@1: baseline {_score(summary['baseline_pass_at_1'])} -> final "
+              f"{_score(summary['final_pass_at_1'])}", highlight=False)
+    stages = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in summary["stage_seconds"].items())
+    out.print(f"wall time:       {summary['wall_seconds'] / 60:.1f} min ({stages}); "
+              f"{100 * summary['outside_share']:.1f}% outside rollout/judge/update/evaluate", highlight=False)
     out.print(f"reward curve:    {summary['reward_curve']}", highlight=False)
     out.print(f"final policy:    {summary['model_uri']} (mlflow.pyfunc.load_model)", highlight=False)
     out.print(f"compare runs:    mlflow ui --backend-store-uri {summary['tracking_uri']}", highlight=False)
+
+
+def _score(point: tuple[float, float, float] | None) -> str:
+    """``0.235 [0.180, 0.300]`` (95% interval), or ``n/a`` where no evaluation ran."""
+    if point is None:
+        return "n/a"
+    value, low, high = point
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def _data_config(
@@ -169,6 +256,7 @@ def _data_config(
         if target is not None:
             raise ConfigError("give either --conf or --target, not both")
         data = load_config(conf, overrides).data
+        check_data(data, Path.cwd(), str(conf))
         return data.model_copy(update={"path": path}) if path is not None else data
     if target is None or path is None:
         raise ConfigError("prepare-data needs --conf FILE, or --target DATASET and --path FOLDER")
@@ -212,10 +300,22 @@ CPU_ENVIRONMENT = {
 """Set before anything imports torch, Prefect, MLflow or Ray; the user's own values win."""
 
 
+class _NoTracebackForUserErrors(logging.Filter):
+    """Prefect logs a failing flow's exception with its traceback; a ReinflowError's message says
+    all the user needs (and the CLI prints it last, in one line), so its traceback is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ReinflowError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def main() -> None:
     """Entry point: environment defaults first, then the command."""
     for key, value in CPU_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_NoTracebackForUserErrors())
     app()
 
 

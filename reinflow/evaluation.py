@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,28 +42,40 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def evaluate_policy(runtime: RolloutRuntime, judge: Any, data_path: Path, output_dir: Path, pass_k: int) -> dict[str, float]:
+def evaluate_policy(
+    runtime: RolloutRuntime, judge: Any, data_path: Path, output_dir: Path, pass_k: int,
+    on_episode: Callable[..., None] | None = None,
+) -> dict[str, float]:
     """Evaluate the engine's current weights; write the episodes under ``output_dir``; return
-    ``pass_at_1``, its interval, ``pass_at_k`` and the episode counts."""
+    ``pass_at_1``, its interval, ``pass_at_k`` and the episode counts.
+
+    ``on_episode`` is called once per finished episode (``eval_tasks × (1 + pass_k)`` calls when
+    ``pass_k > 1``, else ``eval_tasks``)."""
     config = runtime.config
     tasks, _ = next_tasks(data_path, config.data.eval_split, 0, config.data.eval_tasks)
-    metrics = _pass_at(_judged_successes(runtime, judge, tasks, 1, 0.0, output_dir / "greedy"), 1)
+    metrics = _pass_at(_judged_successes(runtime, judge, tasks, 1, 0.0, output_dir / "greedy", on_episode), 1)
     if pass_k > 1:
-        sampled = _judged_successes(runtime, judge, tasks, pass_k, config.rollout.temperature, output_dir / "sampled")
+        sampled = _judged_successes(
+            runtime, judge, tasks, pass_k, config.rollout.temperature, output_dir / "sampled", on_episode
+        )
         metrics |= _pass_at(sampled, pass_k)
     return metrics
 
 
 def _judged_successes(
-    runtime: RolloutRuntime, judge: Any, tasks: list, episodes_per_task: int, temperature: float, stem: Path
+    runtime: RolloutRuntime, judge: Any, tasks: list, episodes_per_task: int, temperature: float, stem: Path,
+    on_episode: Callable[..., None] | None,
 ) -> dict[str, list[bool]]:
-    rollout = _run(runtime, tasks, episodes_per_task, temperature, stem.with_suffix(".parquet"))
+    rollout = _run(runtime, tasks, episodes_per_task, temperature, stem.with_suffix(".parquet"), on_episode)
     judged = stem.with_name(stem.name + "_judged.parquet")
     judge_rollout_file(rollout, judged, judge, runtime.config.judge)
     return _successes(judged)
 
 
-def _run(runtime: RolloutRuntime, tasks: list, episodes_per_task: int, temperature: float, output: Path) -> Path:
+def _run(
+    runtime: RolloutRuntime, tasks: list, episodes_per_task: int, temperature: float, output: Path,
+    on_episode: Callable[..., None] | None,
+) -> Path:
     config = runtime.config
     rollout = config.rollout.model_copy(update={"temperature": temperature})
     plans = plan_episodes(tasks, episodes_per_task, config.train.seed, iteration=-1)
@@ -76,6 +89,7 @@ def _run(runtime: RolloutRuntime, tasks: list, episodes_per_task: int, temperatu
             concurrency=config.rollout.concurrency,
             episode_timeout_seconds=config.rollout.episode_timeout_seconds,
             max_samples_per_episode=config.rollout.max_samples_per_episode,
+            on_episode=on_episode,
         )
     )
     return output

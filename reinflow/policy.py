@@ -44,6 +44,7 @@ import copy
 import random
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,9 +123,13 @@ class PolicyTrainer:
 
     # ---- the update ---------------------------------------------------------------------------
 
-    def train_step(self, samples: list[TrainSample], normalizer: float | None = None) -> dict[str, float]:
+    def train_step(
+        self, samples: list[TrainSample], normalizer: float | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, float]:
         """One iteration's GRPO update on ``samples`` (this rank's shard); returns metrics.
 
+        ``on_progress(done, total)`` is called after each micro-batch's backward pass.
         ``normalizer``: the loss normaliser of the whole batch over all ranks (see
         ``train_batch.load_train_batch``); ``None`` (single process only) uses these samples' own.
         When it is 0 (nothing in the batch can train) no optimizer step is taken; the LR
@@ -136,7 +141,7 @@ class PolicyTrainer:
         batches = [self._collate(mb) for mb in micro_batches(samples, self.train.micro_batch_tokens)]
         metrics: dict[str, float] = {}
         if normalizer > 0:
-            metrics = self._epochs(batches, normalizer)
+            metrics = self._epochs(batches, normalizer, on_progress)
         with warnings.catch_warnings():  # an iteration without an optimizer step still advances the LR
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
             self.scheduler.step()
@@ -156,7 +161,9 @@ class PolicyTrainer:
             raise ValueError("train_step with world_size > 1 needs the global normalizer of the whole batch")
         return float(batch_normalizer(samples, self.train.loss_aggregation))
 
-    def _epochs(self, batches: list[_MicroBatch], normalizer: float) -> dict[str, float]:
+    def _epochs(
+        self, batches: list[_MicroBatch], normalizer: float, on_progress: Callable[[int, int], None] | None = None
+    ) -> dict[str, float]:
         """All epochs over the micro-batches; metrics averaged over epochs (entropy: epoch 0)."""
         old = [self._score(mb) for mb in batches] if self._dropout else [None] * len(batches)
         refs = [self._reference_logp(mb) for mb in batches] if self.train.kl_coef > 0 else [None] * len(batches)
@@ -177,6 +184,8 @@ class PolicyTrainer:
                 )
                 loss.backward()
                 _accumulate(totals, {"loss": loss.detach()} | parts)
+                if on_progress is not None:
+                    on_progress(epoch * len(batches) + index + 1, self.train.epochs_per_batch * len(batches))
             grad_norm = self._optimizer_step()
             _accumulate(totals, {"grad_norm": grad_norm})
         epochs = self.train.epochs_per_batch

@@ -4,6 +4,7 @@ the user's workflow object. Built once per process and reused across iterations.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,12 @@ def load_workflow(config: ExperimentConfig, project_root: Path) -> Workflow:
 
 
 def rollout_iteration(
-    runtime: RolloutRuntime, data_path: Path, iteration: int, cursor: int, output: Path
+    runtime: RolloutRuntime, data_path: Path, iteration: int, cursor: int, output: Path,
+    on_episode: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[dict[str, float], int]:
-    """Roll out the next ``tasks_per_iteration`` tasks into ``output``; return metrics and new cursor."""
+    """Roll out the next ``tasks_per_iteration`` tasks into ``output``; return metrics and new cursor.
+
+    ``on_episode(row)`` is called as each episode finishes (progress)."""
     config = runtime.config
     tasks, next_cursor = next_tasks(data_path, config.data.train_split, cursor, config.data.tasks_per_iteration)
     plans = plan_episodes(tasks, config.rollout.group_size, config.train.seed, iteration)
@@ -82,6 +86,7 @@ def rollout_iteration(
             concurrency=config.rollout.concurrency,
             episode_timeout_seconds=config.rollout.episode_timeout_seconds,
             max_samples_per_episode=config.rollout.max_samples_per_episode,
+            on_episode=on_episode,
         )
     )
     return metrics, next_cursor

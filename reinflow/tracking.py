@@ -106,6 +106,12 @@ def log_iteration(client: MlflowClient, run_id: str, step: int, metrics: dict[st
     return True
 
 
+def log_metric(client: MlflowClient, run_id: str, step: int, key: str, value: float) -> None:
+    """Log one metric at ``step`` after the iteration's batch (e.g. the checkpoint's seconds, known
+    only once the checkpoint is written). A crash just before it loses this value, never repeats it."""
+    client.log_metric(run_id, key, float(value), int(time.time() * 1000), step)
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

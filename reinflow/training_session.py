@@ -7,6 +7,7 @@ parameters stay small and serialisable while the model stays in memory across it
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,6 @@ class TrainingSession:
     client: MlflowClient
     iteration: int = 0
     cursor: int = 0
-    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def checkpoints(self) -> Path:
@@ -87,12 +87,16 @@ def restore_latest(session: TrainingSession) -> None:
     session.iteration, session.cursor = extra["iteration"], extra["cursor"]
 
 
-def update_policy(session: TrainingSession, judged_path: Path) -> dict[str, float]:
-    """One GRPO update on the judged episodes, then hand the new weights to the engine."""
+def update_policy(
+    session: TrainingSession, judged_path: Path, on_progress: Callable[[int, int], None] | None = None
+) -> dict[str, float]:
+    """One GRPO update on the judged episodes, then hand the new weights to the engine.
+
+    ``on_progress(done, total)``: micro-batches, in process; one unit per step on Ray."""
     samples, batch_metrics = load_train_batch(judged_path, session.config.train)
     metrics = dict(batch_metrics)
     if samples:
-        metrics |= session.policy.train_step(samples, batch_metrics["loss_normalizer"])
+        metrics |= session.policy.train_step(samples, batch_metrics["loss_normalizer"], on_progress=on_progress)
     started = time.perf_counter()
     session.runtime.engine.load_weights(session.policy.engine_weights())
     metrics["weight_sync_seconds"] = time.perf_counter() - started

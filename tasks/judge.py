@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
@@ -12,6 +13,7 @@ from reinflow.config import ExperimentConfig
 from reinflow.faults import crash_point
 from reinflow.judge import load_judge
 from reinflow.judge_rollouts import judge_rollout_file
+from tasks.progress import stage_progress
 
 
 @task(name="judge", task_run_name="judge-iter-{iteration}", persist_result=True, cache_policy=INPUTS + TASK_SOURCE)
@@ -20,7 +22,8 @@ def judge(config: dict[str, Any], project_root: str, run_dir: str, iteration: in
     experiment = ExperimentConfig.model_validate(config)
     judge_object = load_judge(experiment.judge, Path(project_root))
     output = Path(run_dir) / "judged" / f"iter_{iteration}.parquet"
-    metrics = judge_rollout_file(Path(rollout_path), output, judge_object, experiment.judge)
+    with stage_progress(f"judge iter {iteration}", pq.ParquetFile(rollout_path).metadata.num_rows) as advance:
+        metrics = judge_rollout_file(Path(rollout_path), output, judge_object, experiment.judge, advance)
     crash_point("judge", iteration)
     get_run_logger().info(
         "iteration %d: reward %.3f ± %.3f, success %.1f%%, judge errors %.1f%%, groups without signal %.1f%%",

@@ -11,6 +11,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from reinflow.config import ExperimentConfig
 from reinflow.faults import crash_point
 from reinflow.rollout_runtime import rollout_iteration, runtime_for
+from tasks.progress import stage_progress
 
 
 @task(name="rollout", task_run_name="rollout-iter-{iteration}", persist_result=True,
@@ -25,7 +26,9 @@ def rollout(config: dict[str, Any], project_root: str, run_dir: str, iteration: 
     root = Path(project_root)
     output = Path(run_dir) / "rollouts" / f"iter_{iteration}.parquet"
     runtime = runtime_for(experiment, root)
-    metrics, next_cursor = rollout_iteration(runtime, root / experiment.data.path, iteration, cursor, output)
+    episodes = experiment.data.tasks_per_iteration * experiment.rollout.group_size
+    with stage_progress(f"rollout iter {iteration}", episodes) as advance:
+        metrics, next_cursor = rollout_iteration(runtime, root / experiment.data.path, iteration, cursor, output, advance)
     crash_point("rollout", iteration)
     get_run_logger().info(
         "iteration %d: %d episodes, %.0f generated tokens (%.1f tok/s), %d failed, %d timed out",

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from reinflow.data.normalize import normalize_rows, row_format
 from reinflow.data.shards import ShardSet, load_manifest, write_shards
 from reinflow.data.sources import RawFile, Source, iter_file_rows
 from tasks import ModuleSource
+from tasks.progress import count_progress
 
 CACHE_POLICY = INPUTS + TASK_SOURCE + ModuleSource(
     modules=("reinflow.data.sources", "reinflow.data.normalize", "reinflow.data.shards")
@@ -38,19 +36,10 @@ def shard_split(
     """
     fmt = row_format(source, split, max_question_chars, Path(project_root))
     outcomes = normalize_rows(iter_file_rows(Path(raw.path)), fmt)
-    with row_progress(f"shard {split}", raw.rows) as on_progress:
+    with count_progress(f"shard {split}", raw.rows) as on_progress:
         shard_set = write_shards(outcomes, Path(path), split, shard_size, fmt.source_description, on_progress)
     log_manifest(load_manifest(Path(path), split))
     return shard_set
-
-
-@contextmanager
-def row_progress(label: str, total_rows: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar over rows; yields the ``on_progress(rows_done)`` callback that moves it."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns) as progress:
-        bar = progress.add_task(label, total=total_rows)
-        yield lambda rows_done: progress.update(bar, completed=rows_done)
 
 
 def log_manifest(manifest: dict[str, Any]) -> None:
