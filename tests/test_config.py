@@ -26,6 +26,18 @@ def test_every_config_in_the_repo_parses(path):
     assert config.experiment == path.stem
 
 
+def test_math_agent_is_sized_for_a_gpu_and_its_documented_cpu_command_parses():
+    path = ROOT / "configs" / "math_agent.yaml"
+    gpu = load_config(path)
+    assert (gpu.rollout.engine, gpu.model.dtype, gpu.model.path) == ("vllm", "bfloat16", "Qwen/Qwen2.5-1.5B-Instruct")
+    header = [line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#")]
+    start = next(i for i, line in enumerate(header) if line.startswith("reinflow train"))
+    command = " ".join(line.rstrip("\\").strip() for line in header[start : start + 2]).split()
+    overrides = [word for word in command if "=" in word]
+    cpu = load_config(path, overrides)
+    assert (cpu.rollout.engine, cpu.model.dtype, cpu.model.path) == ("hf", "float32", "builtin:smollm2-135m-instruct")
+
+
 def _write(tmp_path: Path, mutate) -> Path:
     raw = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
     mutate(raw)
@@ -151,3 +163,13 @@ def test_fingerprint_changes_with_config():
     other = load_config(ROOT / "configs" / "quickstart.yaml", ["train.lr=1e-3"])
     assert base.fingerprint() == load_config(ROOT / "configs" / "quickstart.yaml").fingerprint()
     assert base.fingerprint() != other.fingerprint()
+
+
+def test_ray_address_is_unset_by_default_and_takes_cluster_addresses_only():
+    quickstart = ROOT / "configs" / "quickstart.yaml"
+    assert load_config(quickstart).train.ray_address is None  # None: $RAY_ADDRESS, else a local Ray
+    for address in ["auto", "10.0.0.5:6379", "head-node:6379", "ray://head-node:10001", "[fd00::5]:6379"]:
+        assert load_config(quickstart, [f"train.ray_address={address}"]).train.ray_address == address
+    for address in ["head-node", "http://head-node:6379", "ray://head-node", "head node:6379"]:
+        with pytest.raises(ConfigError, match=r"train\.ray_address: not a Ray cluster address: use 'auto'"):
+            load_config(quickstart, [f"train.ray_address={address}"])

@@ -35,6 +35,8 @@ def _config(name: str, tmp_path: Path, *extra: str):
         ROOT / "configs" / name,
         [
             "model.path=builtin:tiny-random-llama",
+            "model.dtype=float32",
+            "rollout.engine=hf",
             f"data.path={tmp_path / 'data'}",
             "data.tasks_per_iteration=3",
             "rollout.group_size=2",
