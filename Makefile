@@ -8,7 +8,7 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: setup train test test-slow clean
+.PHONY: setup train test test-slow reliability-report clean
 setup:
 	@bash scripts/setup.sh
 
@@ -23,6 +23,11 @@ test: setup
 # End-to-end runs on real models; CI runs them after the fast suite. Exit 5 = none selected.
 test-slow: setup
 	.venv/bin/python -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# The reliability battery (tests/reliability, slow cases included) and its table in docs/RELIABILITY.md.
+RELIABILITY_TESTS ?= tests/reliability
+reliability-report: setup
+	REINFLOW_RELIABILITY_REPORT=docs/RELIABILITY.md .venv/bin/python -m pytest $(RELIABILITY_TESTS) -m "reliability" $(PYTEST_ARGS)
 
 clean:
 	rm -rf .venv data/quickstart runs .prefect-results

@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow
 
 from reinflow.config import DataConfig, load_config
-from reinflow.data.shards import shards_intact, summarize
+from reinflow.data.shards import require_rows, shards_intact, summarize
 from reinflow.data.sources import raw_file_intact, source_fingerprint, splits_to_prepare
 from tasks import run_cached
 from tasks.download import download_split
@@ -20,8 +20,9 @@ def prepare_data(data: DataConfig | dict[str, Any], project_root: str = ".") -> 
     """Download every split of the data source and write it as Parquet shards under ``data.path``.
 
     Returns ``{split: {rows, skipped, skipped_by_reason, shards, manifest}}`` (counts, and the
-    manifest's path). Both steps are cached on their inputs (a local file's content included) and
-    code; a step whose output is gone or changed on disk runs again.
+    manifest's path); a split with no usable row is a one-line DataSourceError. Both steps are
+    cached on their inputs (a local file's content included) and code; a step whose output is gone
+    or changed on disk runs again.
     """
     data = DataConfig.model_validate(data)
     root = Path(project_root).resolve()
@@ -32,6 +33,7 @@ def prepare_data(data: DataConfig | dict[str, Any], project_root: str = ".") -> 
         raw = run_cached(download_split, root, raw_file_intact, data.source, split, str(path), str(root), fingerprint)
         run_cached(shard_split, root, shards_intact, data.source, split, raw, str(path), data.shard_size,
                    data.max_question_chars, str(root))
+        require_rows(path, split)
         summary[split] = summarize(path, split)
     return summary
 

@@ -21,10 +21,15 @@ Pruning happens only after the new checkpoint is in place: the last ``keep`` are
 ones are renamed away (atomic) before they are deleted, so a crash mid-delete leaves no half
 folder under an ``iter_N`` name. Checkpoints *newer* than the one written (left by a timeline that
 was resumed from an earlier checkpoint) are removed too, so the latest is always the last written.
+
+A write the operating system refuses (disk full, file too large for a quota or ``ulimit -f``)
+raises ``CheckpointWriteError`` naming the checkpoint and the OS's reason, after removing the
+temporary folder: the earlier checkpoints stay as they were and a resume starts from the last one.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -32,10 +37,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from reinflow.errors import ReinflowError, RunInterrupted
 from reinflow.faults import crash_point
-from reinflow.errors import ReinflowError
 
 WEIGHTS = "weights.safetensors"
 TRAINER_STATE = "trainer_state.pt"
@@ -45,6 +51,7 @@ FORMAT_VERSION = 1
 _NAME = re.compile(r"^iter_(\d+)$")
 _LEFTOVER = re.compile(r"^\.(tmp|trash)-iter_\d+-(\d+)$")
 _RESERVED = ("iteration", "config_fingerprint")
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 class CheckpointError(ReinflowError):
@@ -53,6 +60,10 @@ class CheckpointError(ReinflowError):
 
 class ConfigChangedError(CheckpointError):
     """The checkpoint was written with another config (its fingerprint differs)."""
+
+
+class CheckpointWriteError(RunInterrupted):
+    """The operating system refused a checkpoint write (no space left, file too large, ...)."""
 
 
 def write_checkpoint(root: Path, iteration: int, trainer_state: dict, extra: dict, *, fingerprint: str,
@@ -81,6 +92,14 @@ def write_checkpoint(root: Path, iteration: int, trainer_state: dict, extra: dic
     try:
         _write_files(temporary, iteration, trainer_state, extra, fingerprint)
         _move_into_place(temporary, final)
+    except (OSError, RuntimeError, SafetensorError) as error:
+        cause = _os_error(error)
+        if cause is None:
+            raise
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {final}: {os.strerror(cause)} (errno {errno.errorcode.get(cause, cause)}); "
+            "the earlier checkpoints are intact"
+        ) from error
     finally:
         shutil.rmtree(temporary, ignore_errors=True)  # only still there if writing failed
     _prune(root, iteration, keep)
@@ -195,6 +214,19 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _os_error(error: BaseException) -> int | None:
+    """The errno behind a failed write, or None: an ``OSError`` itself, one that torch's writer
+    wrapped in a ``RuntimeError`` (it is the exception's context), or safetensors' ``(os error N)``."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error.errno
+        match = _RUST_OS_ERROR.search(str(error)) if isinstance(error, SafetensorError) else None
+        if match:
+            return int(match.group(1))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _remove_leftovers(root: Path) -> None:

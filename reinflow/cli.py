@@ -239,6 +239,7 @@ def _print_summary(summary: dict) -> None:
     out.print(f"reward curve:    {summary['reward_curve']}", highlight=False)
     out.print(f"final policy:    {summary['model_uri']} (mlflow.pyfunc.load_model)", highlight=False)
     out.print(f"compare runs:    mlflow ui --backend-store-uri {summary['tracking_uri']}", highlight=False)
+    out.print("see episodes:    reinflow logview   (conversations and token-level samples)", highlight=False)
 
 
 def _score(point: tuple[float, float, float] | None) -> str:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from reinflow.config_errors import ConfigError, format_validation_error
 from reinflow.overrides import apply_overrides
@@ -108,6 +109,19 @@ class DataConfig(Section):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _iteration_fits_split(self) -> DataConfig:
+        if not isinstance(self.source, ReasoningGymSource):
+            return self
+        size = self.source.sizes[self.train_split]
+        if self.tasks_per_iteration > size:
+            raise ValueError(
+                f"tasks_per_iteration ({self.tasks_per_iteration}) is more than the {size} tasks of split "
+                f"'{self.train_split}': one iteration would roll out the same task twice; lower it or raise "
+                f"source.sizes.{self.train_split}"
+            )
+        return self
+
 
 def _source_splits(source: HubSource | LocalSource | ReasoningGymSource) -> set[str] | None:
     """The splits a source declares, or None where only the hub knows them."""
@@ -134,6 +148,10 @@ class RolloutConfig(Section):
     engine: Literal["hf", "vllm"] = Field("hf", description="`hf` (transformers, CPU or GPU) or `vllm` (GPU, extra `gpu`).")
     group_size: int = Field(4, ge=2, le=1024, description="Episodes per task; GRPO compares them with each other.")
     max_turns: int = Field(4, ge=1, le=256, description="Most LLM calls an agent makes in one episode.")
+    max_tool_calls_per_turn: int = Field(
+        16, ge=1, le=1024,
+        description="Most tool calls run from one LLM reply; the rest are not run and count as one format error.",
+    )
     max_new_tokens_per_turn: int = Field(256, ge=1, le=65_536, description="Most tokens one LLM call generates.")
     max_model_len: int = Field(2048, ge=16, le=1_048_576, description="Most tokens (prompt + output) in one sequence.")
     temperature: float = Field(1.0, ge=0.0, le=4.0, description="Sampling temperature; 0 is greedy.")
@@ -234,11 +252,27 @@ class TrainConfig(Section):
     workers: int = Field(1, ge=1, le=1024, description="Policy workers (Ray actors) for `backbone: ray`.")
     cpus_per_worker: float = Field(1.0, gt=0, le=1024, description="CPUs Ray reserves for each policy worker.")
     gpus_per_worker: float = Field(0.0, ge=0, le=16, description="GPUs Ray reserves for each policy worker.")
+    ray_address: str | None = Field(
+        None,
+        description="Existing Ray cluster for `backbone: ray`: `auto` (the `ray start` instance on this machine), "
+        "`host:port` (the head node) or `ray://host:port` (Ray Client); unset: $RAY_ADDRESS, else a private, "
+        "quiet local Ray.",
+    )
     checkpoint_interval: int = Field(1, ge=1, description="Write a checkpoint every this many iterations.")
     keep_checkpoints: int = Field(3, ge=1, le=1000, description="Most recent checkpoints kept on disk.")
     eval_interval: int = Field(5, ge=1, description="Evaluate every this many iterations (and at iteration 0).")
     eval_pass_k: int = Field(4, ge=1, le=64, description="k of the sampled pass@k evaluation (1: greedy pass@1 only).")
     seed: int = Field(0, ge=0, description="Seed for sampling, data order and initialisation.")
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address_form(cls, value: str | None) -> str | None:
+        if value is None or re.fullmatch(r"auto|(ray://)?(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):\d{1,5}", value):
+            return value
+        raise ValueError(
+            "not a Ray cluster address: use 'auto' (the `ray start` instance on this machine), "
+            "'host:port' (the head node) or 'ray://host:port' (Ray Client)"
+        )
 
 
 class TrackingConfig(Section):
@@ -273,6 +307,12 @@ class ExperimentConfig(Section):
                 f"rollout.concurrency ({self.rollout.concurrency}) is below rollout.group_size "
                 f"({self.rollout.group_size}); raise concurrency so one task's group runs at once"
             )
+        if self.rollout.temperature == 0 and (self.train.iterations > 0 or self.train.eval_pass_k > 1):
+            raise ValueError(
+                "rollout.temperature is 0: the episodes of a group (and the k samples of pass@k) would all be "
+                "the same greedy episode, so GRPO learns nothing; set rollout.temperature > 0 "
+                "(evaluation's pass@1 is greedy anyway)"
+            )
         if self.backbone == "debug" and self.train.workers > 1:
             raise ValueError(
                 f"train.workers is {self.train.workers} but backbone 'debug' runs one in-process worker; "
@@ -301,8 +341,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: no such config file")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(error)}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not valid UTF-8 text: {error}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides, source=str(path))
@@ -310,3 +352,11 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         return ExperimentConfig.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(format_validation_error(error, ExperimentConfig, source=str(path))) from None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML's own text spans several lines)."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(error).split())

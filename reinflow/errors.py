@@ -3,3 +3,9 @@
 
 class ReinflowError(ValueError):
     """A problem with the user's input (config, data, model, plugin), explained in its message."""
+
+
+class RunInterrupted(RuntimeError):
+    """The machinery under a run failed (a policy worker died, the engine crashed, the disk filled),
+    not the user's input. What finished is kept; ``reinflow train --resume latest`` continues. The
+    CLI prints its message in one line."""

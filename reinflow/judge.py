@@ -19,8 +19,10 @@ and ``final_answer``, plus whatever the workflow passed to ``update_judge_input_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import math
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
@@ -58,9 +60,11 @@ class Verdict:
 
 
 async def judge_one(judge: Any, judge_input: dict[str, Any], timeout_seconds: float) -> Verdict:
-    """Run the judge on one episode. Any exception, a timeout or a malformed return value becomes
-    a ``judge_error`` for this episode only. A sync judge runs in a worker thread, so a slow one
-    does not stall the others; a hung sync judge's thread cannot be killed and is abandoned."""
+    """Run the judge on one episode. Any exception (``SystemExit`` included), a timeout or a
+    malformed return value becomes a ``judge_error`` for this episode only. A sync judge runs in a
+    daemon thread of its own, so a slow one does not stall the others; a hung sync judge's thread
+    cannot be killed: it is abandoned, and being a daemon it holds up neither the judge stage nor
+    the process's exit. An async judge that blocks the event loop cannot be timed out."""
     started = time.perf_counter()
     try:
         result = await asyncio.wait_for(_call(judge, judge_input), timeout=timeout_seconds)
@@ -73,10 +77,38 @@ async def judge_one(judge: Any, judge_input: dict[str, Any], timeout_seconds: fl
 
 
 async def _call(judge: Any, judge_input: dict[str, Any]) -> Any:
-    if inspect.iscoroutinefunction(judge.compute_reward):
-        return await judge.compute_reward(judge_input)
-    result = await asyncio.to_thread(judge.compute_reward, judge_input)
-    return await result if inspect.isawaitable(result) else result
+    try:
+        if inspect.iscoroutinefunction(judge.compute_reward):
+            return await judge.compute_reward(judge_input)
+        result = await _in_daemon_thread(judge.compute_reward, judge_input)
+        return await result if inspect.isawaitable(result) else result
+    except SystemExit as exited:  # escaping an asyncio task, it would stop the whole event loop
+        raise RuntimeError(f"the judge raised SystemExit: {exited.code}") from None
+
+
+def _in_daemon_thread(function: Callable[[Any], Any], argument: Any) -> asyncio.Future:
+    """``function(argument)`` in a new daemon thread, as a future of the running loop.
+
+    Not ``asyncio.to_thread``: its executor's threads are joined when ``asyncio.run`` ends and at
+    interpreter exit, so one hung judge would hang the whole stage despite the timeout.
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(outcome: Any, failed: bool) -> None:
+        if not future.done():
+            future.set_exception(outcome) if failed else future.set_result(outcome)
+
+    def work() -> None:
+        try:
+            outcome, failed = function(argument), False
+        except BaseException as error:  # noqa: BLE001 - handed to the awaiting coroutine
+            outcome, failed = error, True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for it any more
+            loop.call_soon_threadsafe(settle, outcome, failed)
+
+    threading.Thread(target=work, name="reinflow-judge", daemon=True).start()
+    return future
 
 
 def _checked(result: Any) -> tuple[float, bool]:
@@ -85,6 +117,8 @@ def _checked(result: Any) -> tuple[float, bool]:
     raw_reward, is_success = result
     if isinstance(raw_reward, bool) or not isinstance(raw_reward, (int, float)) or not math.isfinite(raw_reward):
         raise TypeError(f"raw_reward must be a finite number, got {raw_reward!r:.100}")
+    if is_success is None or isinstance(is_success, (str, bytes, list, tuple, dict)):
+        raise TypeError(f"is_success must be a bool, got {is_success!r:.100}")
     return float(raw_reward), bool(is_success)
 
 

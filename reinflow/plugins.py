@@ -7,6 +7,7 @@ imported with the project root on ``sys.path`` so ``agents.math_agent->MathAgent
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from pathlib import Path
 
@@ -42,10 +43,18 @@ def import_class(name: str, project_root: Path, role: str, required_methods: tup
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise PluginError(f"{role} '{name}': cannot import module '{module_name}' ({error})") from None
+    except Exception as error:  # noqa: BLE001 - the user's module may raise anything while it loads
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise PluginError(
+            f"{role} '{name}': importing module '{module_name}' raised {type(error).__name__}: {first}"
+        ) from None
     found = vars(module).get(class_name)
     if not isinstance(found, type):
         raise PluginError(f"{role} '{name}': module '{module_name}' has no class '{class_name}'")
     missing = [method for method in required_methods if not callable(getattr(found, method, None))]
     if missing:
         raise PluginError(f"{role} '{name}': class {class_name} lacks the method(s) {', '.join(missing)}")
+    if inspect.isabstract(found):
+        abstract = ", ".join(sorted(found.__abstractmethods__))
+        raise PluginError(f"{role} '{name}': class {class_name} does not implement {abstract}")
     return found

@@ -4,18 +4,20 @@
 that the training flow uses (``train_step``, ``engine_weights``, ``state``, ``load_state``) plus
 ``close``. It is built **once per training run**:
 
-1. **Ray.** With ``$RAY_ADDRESS`` set it connects to that cluster (``ray start --head`` elsewhere,
-   see ``docs/RAY.md``); when Ray is already initialised in this process (a test's simulated
-   cluster, a user's own ``ray.init``) it uses that; otherwise it starts a private local
-   instance, quiet (no dashboard, worker logs not forwarded, Ray's own logging at ERROR) with
+1. **Ray.** When Ray is already initialised in this process (a user's own ``ray.init``) it uses
+   that; with ``config.train.ray_address`` set (or else ``$RAY_ADDRESS``) it connects to that
+   cluster (``auto``, ``host:port`` or ``ray://host:port``; ``ray start --head`` elsewhere, see
+   ``docs/RAY.md``); otherwise it starts a private local instance, quiet (no dashboard, worker logs not forwarded, Ray's own logging at ERROR) with
    ``max(cpu_count, workers * cpus_per_worker)`` CPUs. ``close`` undoes only what the group did:
    a local instance it started shuts down, a cluster it joined keeps running, a Ray that was
    already initialised stays as it was.
 2. **Placement.** One placement group, one bundle per worker (``cpus_per_worker`` CPUs,
-   ``gpus_per_worker`` GPUs). The strategy is ``PACK`` by default: every worker on one node
-   where they fit (the all-reduce stays on the machine), spilling to other nodes of a cluster
-   where they do not. ``placement="SPREAD"`` (or ``$REINFLOW_RAY_PLACEMENT``) puts them on
-   different nodes where it can; ``STRICT_PACK`` / ``STRICT_SPREAD`` insist.
+   ``gpus_per_worker`` GPUs). The strategy is ``SPREAD`` by default: on a multi-node cluster the
+   workers go to different nodes, as evenly as Ray can (two nodes, four workers: two each), and
+   share nodes only where there are more workers than nodes with room; on one machine they all
+   land there. ``placement="PACK"`` (or ``$REINFLOW_RAY_PLACEMENT``) keeps them on one node
+   where they fit (the all-reduce stays on the machine); ``STRICT_PACK`` / ``STRICT_SPREAD``
+   insist.
 3. **Workers.** ``config.train.workers`` actors (``_PolicyWorker``), each holding a
    ``PolicyTrainer(rank=r, world_size=n)`` with ``torch.set_num_threads`` = its CPU share. Rank 0
    picks a free TCP port on its own node's IP; every rank joins one ``torch.distributed`` group
@@ -71,12 +73,14 @@ import sys
 import time
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reinflow.config import ExperimentConfig
+from reinflow.errors import RunInterrupted
+from reinflow.faults import CRASH_ENV, crash_point
 
 if TYPE_CHECKING:
     import torch
@@ -89,8 +93,10 @@ if TYPE_CHECKING:
 
 PLACEMENT_ENV = "REINFLOW_RAY_PLACEMENT"
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+DEFAULT_PLACEMENT = "SPREAD"
+"""Workers on different nodes of a cluster where it has several (see the module docstring)."""
 FORWARDED_ENV = ("OMP_WAIT_POLICY", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "HF_HUB_OFFLINE",
-                 "REINFLOW_CACHE_DIR", "TOKENIZERS_PARALLELISM")
+                 "REINFLOW_CACHE_DIR", "TOKENIZERS_PARALLELISM", CRASH_ENV)
 """Environment variables the driver hands to its workers (where set here), so that they also reach
 workers on other nodes of a cluster. ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (spinning OpenMP
 threads are 3-6x slower on a small CPU)."""
@@ -103,7 +109,7 @@ SUMMED_METRICS = frozenset(
 _log = logging.getLogger(__name__)
 
 
-class RayWorkerLost(RuntimeError):
+class RayWorkerLost(RunInterrupted):
     """A policy worker died (or stopped answering) and the group can no longer train.
 
     Close the group; a resumed run rebuilds it from the last checkpoint."""
@@ -207,6 +213,7 @@ class _PolicyWorker:
                                                 "export it before `ray start` on this node", env["OMP_WAIT_POLICY"])
         torch.set_num_threads(threads)
         self.trainer = None
+        self.rank, self.world_size, self.updates = 0, 1, 0
 
     def endpoint(self) -> tuple[str, int]:
         """``(this node's IP, a free TCP port on it)``: the rendezvous, asked of rank 0 only."""
@@ -225,6 +232,7 @@ class _PolicyWorker:
         from reinflow.policy import PolicyTrainer
 
         started = time.perf_counter()
+        self.rank, self.world_size = rank, world_size
         if world_size > 1:
             dist.init_process_group(backend, init_method=f"tcp://{master[0]}:{master[1]}", rank=rank,
                                     world_size=world_size, timeout=timedelta(seconds=timeout_s))
@@ -237,6 +245,9 @@ class _PolicyWorker:
                 "device": str(self.trainer.device), "setup_seconds": time.perf_counter() - started}
 
     def train_step(self, samples: list[TrainSample], normalizer: float) -> dict[str, float]:
+        self.updates += 1
+        if self.rank == self.world_size - 1:  # fault-injection tests: the last rank dies mid-update
+            crash_point("worker_update", self.updates)
         return self.trainer.train_step(samples, normalizer)
 
     def engine_weights(self) -> dict[str, Any]:
@@ -275,7 +286,7 @@ class _PolicyWorker:
 class RayPolicyGroup:
     """``config.train.workers`` long-lived policy workers on Ray; see the module docstring.
 
-    ``placement``: the placement group strategy (default ``$REINFLOW_RAY_PLACEMENT`` or ``PACK``).
+    ``placement``: the placement group strategy (default ``$REINFLOW_RAY_PLACEMENT`` or ``SPREAD``).
     ``timeout_s``: how long any call waits for its workers before declaring them lost (``None``:
     no limit; a long update is not a failure). ``start_timeout_s``: how long to wait for the
     cluster to grant the workers' resources and for the workers to start.
@@ -291,13 +302,14 @@ class RayPolicyGroup:
         self.config = config
         self.workers = train.workers
         self.timeout_s = timeout_s
-        self.placement = (placement or os.environ.get(PLACEMENT_ENV) or "PACK").upper()
+        self.placement = (placement or os.environ.get(PLACEMENT_ENV) or DEFAULT_PLACEMENT).upper()
         if self.placement not in PLACEMENT_STRATEGIES:
             raise ValueError(f"placement must be one of {PLACEMENT_STRATEGIES}, got {self.placement!r}")
         self._broken: str | None = None
+        self.nodes: list[dict[str, Any]] = []  # per rank, once the workers are set up
         self._handles: dict[str, Any] = {"actors": [], "pg": None}
         self._finalizer = weakref.finalize(self, _release, self._handles)  # also when garbage-collected
-        self.started_ray = init_ray(train.workers * train.cpus_per_worker)
+        self.started_ray = init_ray(train.workers * train.cpus_per_worker, train.ray_address)
         try:
             bundle: dict[str, float] = {"CPU": train.cpus_per_worker}
             if train.gpus_per_worker:
@@ -341,11 +353,15 @@ class RayPolicyGroup:
 
     # ---- the PolicyTrainer interface ----------------------------------------------------------
 
-    def train_step(self, samples: list[TrainSample], normalizer: float | None = None) -> dict[str, float]:
+    def train_step(
+        self, samples: list[TrainSample], normalizer: float | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, float]:
         """One iteration's update on the whole batch, split over the workers; merged metrics.
 
         ``normalizer``: the batch's loss normaliser, as for ``PolicyTrainer.train_step``; ``None``
-        uses ``batch_normalizer`` over all ``samples`` (what one process would use)."""
+        uses ``batch_normalizer`` over all ``samples`` (what one process would use).
+        ``on_progress(1, 1)`` is called once, when the step is done (the workers report no progress)."""
         import ray
 
         from reinflow.train_batch import batch_normalizer
@@ -367,6 +383,8 @@ class RayPolicyGroup:
             self._fail(f"train_step failed on a worker: {error}")
             raise
         metrics = combine_metrics(per_rank)
+        if on_progress is not None:
+            on_progress(1, 1)
         wall = time.perf_counter() - started
         metrics["update_wall_seconds"] = wall
         metrics["update_overhead_seconds"] = max(0.0, wall - metrics["update_seconds"])
@@ -429,6 +447,13 @@ class RayPolicyGroup:
         self._finalizer()
         return reason
 
+    def _lost(self, what: str, index: int, error: BaseException) -> str:
+        """One line naming the dead worker (rank, pid, node) and the first line of Ray's report."""
+        node = self.nodes[index] if index < len(self.nodes) else {}
+        where = f" (pid {node['pid']} on {node['ip']})" if node else ""
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        return f"{what}: policy worker {index} of {self.workers}{where} was lost: {first}"
+
     def _check(self) -> None:
         if self._broken is not None:
             raise RayWorkerLost(f"the policy group can no longer be used ({self._broken}); close it and rebuild")
@@ -451,8 +476,7 @@ class RayPolicyGroup:
             try:
                 results[index] = ray.get(ready[0])
             except _lost_errors() as error:
-                reason = f"{what}: policy worker {index} of {self.workers} was lost: {error}"
-                raise RayWorkerLost(self._fail(reason)) from error
+                raise RayWorkerLost(self._fail(self._lost(what, index, error))) from error
         return [results[i] for i in range(len(refs))]
 
 
@@ -490,21 +514,28 @@ def _lost_errors() -> tuple[type[BaseException], ...]:
                                                   "OutOfMemoryError", "ObjectLostError") if hasattr(rex, name))
 
 
-def init_ray(cpus_needed: float = 0) -> bool:
+def cluster_address(configured: str | None) -> str | None:
+    """The Ray cluster to join: ``train.ray_address`` when set, else ``$RAY_ADDRESS``, else ``None``
+    (start a private local Ray)."""
+    return configured or os.environ.get("RAY_ADDRESS") or None
+
+
+def init_ray(cpus_needed: float = 0, address: str | None = None) -> bool:
     """Make sure this process is connected to Ray; returns whether this call connected it.
 
-    Already initialised: nothing to do (``False``). ``$RAY_ADDRESS`` set: connect to that cluster.
-    Otherwise start a private, quiet local instance with ``max(cpu_count, cpus_needed)`` logical
-    CPUs (never an existing ``ray start`` instance: set ``RAY_ADDRESS=auto`` for that)."""
+    Already initialised: nothing to do (``False``). A cluster address (``address``, i.e.
+    ``train.ray_address``, else ``$RAY_ADDRESS``; see ``cluster_address``): connect to that
+    cluster, quietly. Otherwise start a private, quiet local instance with ``max(cpu_count,
+    cpus_needed)`` logical CPUs (never an existing ``ray start`` instance: use ``auto`` for that)."""
     import ray
 
     if ray.is_initialized():
         return False
-    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
-             "configure_logging": True}
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, **quiet)
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
+    cluster = cluster_address(address)
+    if cluster:
+        ray.init(address=cluster, **quiet)
         return True
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), **quiet)
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=False,
+             **quiet)
     return True

@@ -5,6 +5,12 @@ so all in-flight episodes' LLM calls are batched together. Episodes are written 
 (memory does not grow with the episode count). An episode that raises or times out is recorded
 with ``status`` ``failed`` or ``timeout`` and its error, and excluded from training later; an
 episode the model ended cleanly (context overflow, turn limit) is ``ok`` with the turns it made.
+
+A failure of the machinery under the episodes (``RunInterrupted``: the engine's scheduler raised,
+say) is not an episode's failure: recording the in-flight episodes as failed would quietly drop
+their tasks from training (and every later episode would fail the same way). The rollout stops
+instead with that error naming the iteration and how many episodes had finished; the output file
+is not published (its ``.partial`` stays for inspection), so the stage re-runs whole on resume.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from reinflow.episode_schema import ROLLOUT_SCHEMA
+from reinflow.errors import RunInterrupted
 from reinflow.parquet_stream import ParquetStream
 from reinflow.trajectory import build_samples
 from reinflow.tuned_model import EpisodeEnded, GenerationAborted, TunedModel
@@ -79,23 +86,30 @@ async def run_rollout(
     on_episode: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, float]:
     """Run every planned episode (at most ``concurrency`` at once), stream the rows to ``output``
-    (written atomically on success) and return the rollout metrics."""
-    gate = asyncio.Semaphore(concurrency)
+    (written atomically on success) and return the rollout metrics.
+
+    ``concurrency`` workers take the plans in order, one episode at a time each: only the episodes
+    in flight exist as tasks, so memory does not grow with the number of plans."""
     summaries: list[dict[str, Any]] = []
     started = time.perf_counter()
+    queue = iter(plans)  # shared by the workers; the event loop hands each plan to one of them
 
     with ParquetStream(output, ROLLOUT_SCHEMA) as stream:
 
-        async def one(plan: EpisodePlan) -> None:
-            async with gate:
+        async def worker() -> None:
+            for plan in queue:
                 row = await run_episode(workflow, plan, make_model, iteration, episode_timeout_seconds,
                                         max_samples_per_episode)
-            stream.write(row)
-            summaries.append(_summary(row))
-            if on_episode is not None:
-                on_episode(row)
+                stream.write(row)
+                summaries.append(_summary(row))
+                if on_episode is not None:
+                    on_episode(row)
 
-        await asyncio.gather(*(one(plan) for plan in plans))
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(concurrency, len(plans)))))
+        except RunInterrupted as error:
+            raise type(error)(f"rollout of iteration {iteration} stopped after {len(summaries)} of {len(plans)} "
+                              f"episodes, none kept: {error}") from error
     return rollout_metrics(summaries, time.perf_counter() - started)
 
 
@@ -119,6 +133,8 @@ async def run_episode(
         log.debug("episode %s ended early: %s", plan.episode_id, ended)
     except TimeoutError:
         status, error = "timeout", f"episode took longer than {timeout_seconds:g}s"
+    except RunInterrupted:
+        raise  # the engine failed, not the episode: the rollout stops (see the module docstring)
     except Exception as raised:  # noqa: BLE001 - a user workflow may raise anything: record it, go on
         status, error = "failed", f"{type(raised).__name__}: {raised}"[:2000]
         log.warning("episode %s failed: %s", plan.episode_id, error)

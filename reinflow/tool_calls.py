@@ -11,8 +11,10 @@ the system prompt asks for) is one JSON object per call, wrapped in tags, severa
 A call is **malformed** when its JSON does not parse, is not an object, has no string ``name``,
 names a tool that is not offered, has ``arguments`` that are not a JSON object, or when a tag is
 left unclosed (``<tool_call>`` without ``</tool_call>``, typically a reply cut off by the token
-limit) or closed without being opened. Malformed calls are returned, not raised: the caller counts
-them as format errors and shows ``error`` to the agent as the result of that call.
+limit) or closed without being opened, or when its JSON nests deeper than
+:data:`MAX_JSON_DEPTH` levels. Malformed calls are returned, not raised: the caller counts them as
+format errors and shows ``error`` to the agent as the result of that call. With ``max_calls``, the
+calls past that many are not returned; one malformed call in their place says how many were dropped.
 
 A missing ``arguments`` key means ``{}`` (a tool without parameters). Keys other than ``name`` and
 ``arguments`` are ignored.
@@ -29,6 +31,9 @@ from typing import Any
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
 _TAG = re.compile(re.escape(OPEN_TAG) + "|" + re.escape(CLOSE_TAG))
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of lists and objects a call may have: deeper JSON would exhaust the recursion
+limit of ``json`` (and of every later ``json.dumps`` of the call) and is never a sane tool call."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,9 @@ class ParsedReply:
         return sum(isinstance(call, MalformedToolCall) for call in self.calls)
 
 
-def parse_tool_calls(reply: str, tool_names: Collection[str]) -> ParsedReply:
-    """Split ``reply`` into plain text and tool calls of the tools named in ``tool_names``.
+def parse_tool_calls(reply: str, tool_names: Collection[str], max_calls: int | None = None) -> ParsedReply:
+    """Split ``reply`` into plain text and tool calls of the tools named in ``tool_names``; keep at
+    most ``max_calls`` calls (None: all), the rest becoming one malformed call that counts them.
 
     >>> reply = 'Sure.\\n<tool_call>\\n{"name": "add", "arguments": {"a": 1, "b": 2}}\\n</tool_call>'
     >>> parsed = parse_tool_calls(reply, {"add"})
@@ -78,6 +84,9 @@ def parse_tool_calls(reply: str, tool_names: Collection[str]) -> ParsedReply:
     1
     >>> parse_tool_calls('<tool_call>{"name": "add"', {"add"}).calls[0].error
     'unclosed <tool_call> tag: a call must end with </tool_call>'
+    >>> three = '<tool_call>{"name": "add"}</tool_call>' * 3
+    >>> [getattr(call, "error", "ok") for call in parse_tool_calls(three, {"add"}, max_calls=1).calls]
+    ['ok', '2 more tool calls in this reply were not run: at most 1 per reply']
     """
     texts: list[str] = []
     calls: list[ToolCall | MalformedToolCall] = []
@@ -101,7 +110,16 @@ def parse_tool_calls(reply: str, tool_names: Collection[str]) -> ParsedReply:
         texts.append(reply[position:])
     else:
         calls.append(_unclosed(reply[open_at:]))
-    return ParsedReply(text="".join(texts).strip(), calls=calls)
+    return ParsedReply(text="".join(texts).strip(), calls=_capped(calls, max_calls))
+
+
+def _capped(calls: list[ToolCall | MalformedToolCall], max_calls: int | None) -> list[ToolCall | MalformedToolCall]:
+    """The first ``max_calls`` calls, plus one malformed call standing for the dropped rest."""
+    if max_calls is None or len(calls) <= max_calls:
+        return calls
+    dropped = len(calls) - max_calls
+    error = f"{dropped} more tool calls in this reply were not run: at most {max_calls} per reply"
+    return [*calls[:max_calls], MalformedToolCall(raw="", error=error)]
 
 
 def parse_one_call(raw: str, tool_names: Collection[str]) -> ToolCall | MalformedToolCall:
@@ -118,6 +136,10 @@ def parse_one_call(raw: str, tool_names: Collection[str]) -> ToolCall | Malforme
         payload = json.loads(raw)
     except json.JSONDecodeError as error:
         return MalformedToolCall(raw=raw, error=f"invalid JSON in the tool call: {error}")
+    except RecursionError:  # nested too deep for the decoder itself
+        return _too_deep(raw)
+    if _depth_over(payload, MAX_JSON_DEPTH):
+        return _too_deep(raw)
     if not isinstance(payload, dict):
         return MalformedToolCall(raw=raw, error=f"a tool call must be a JSON object, got {_json_kind(payload)}")
     name = payload.get("name")
@@ -140,6 +162,26 @@ def format_tool_call(name: str, arguments: dict[str, Any]) -> str:
     """
     payload = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
     return f"{OPEN_TAG}\n{payload}\n{CLOSE_TAG}"
+
+
+def _too_deep(raw: str) -> MalformedToolCall:
+    return MalformedToolCall(raw=raw, error=f"the tool call's JSON nests deeper than {MAX_JSON_DEPTH} levels")
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether lists/objects in ``value`` nest more than ``limit`` deep (iterative: no recursion).
+
+    >>> _depth_over([[1]], 2), _depth_over([[[1]]], 2), _depth_over({"a": {"b": 1}}, 2)
+    (False, True, False)
+    """
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth == limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def _unclosed(raw: str) -> MalformedToolCall:

@@ -24,7 +24,8 @@ Unlike a hosted model it never leaves text to chance:
    tokenized whole, and that turn becomes a separate sample.
 4. **Tool calls** are parsed from ``<tool_call>{json}</tool_call>`` (several per reply) by
    ``reinflow.tool_calls``. A malformed call (bad JSON, unknown tool, non-object arguments, no
-   name, unclosed tag) is counted in :attr:`TunedModel.format_errors` and handed to the agent as a
+   name, unclosed tag, JSON nested too deep, calls past ``max_tool_calls_per_turn``) is counted in
+   :attr:`TunedModel.format_errors` and handed to the agent as a
    call of the non-existent tool ``invalid_tool_call``: the agent records a tool error and goes
    on, and the policy sees the parser's message (what exactly was wrong) as that call's result.
 5. **Reproducibility.** Nothing time- or machine-dependent enters a prompt. AgentScope 2.x adds a
@@ -185,6 +186,9 @@ class TunedModel(ChatModelBase):
         top_p: float = Field(gt=0.0, le=1.0, description="Nucleus sampling mass.")
         seed: int | None = Field(None, ge=0, description="Episode seed; each call's seed derives from it.")
         max_turns: int | None = Field(None, ge=1, description="Most LLM calls in the episode (None: no cap).")
+        max_tool_calls_per_turn: int | None = Field(
+            None, ge=1, description="Most tool calls run from one reply; the rest count as one format error (None: no cap)."
+        )
 
     def __init__(
         self,
@@ -197,6 +201,7 @@ class TunedModel(ChatModelBase):
         top_p: float = 1.0,
         seed: int | None = None,
         max_turns: int | None = None,
+        max_tool_calls_per_turn: int | None = None,
         name: str = "reinflow-policy",
     ) -> None:
         """``tokenizer`` is the policy's own (its chat template renders every prompt)."""
@@ -207,6 +212,7 @@ class TunedModel(ChatModelBase):
             top_p=top_p,
             seed=seed,
             max_turns=max_turns,
+            max_tool_calls_per_turn=max_tool_calls_per_turn,
         )
         super().__init__(
             credential=LocalPolicyCredential(name="local"),
@@ -245,6 +251,7 @@ class TunedModel(ChatModelBase):
             top_p=rollout.top_p,
             seed=seed,
             max_turns=rollout.max_turns,
+            max_tool_calls_per_turn=rollout.max_tool_calls_per_turn,
         )
 
     def agent_kwargs(self) -> dict[str, Any]:
@@ -288,7 +295,8 @@ class TunedModel(ChatModelBase):
             extends_previous=extends,
             max_new_tokens=sampling.max_new_tokens,
         )
-        blocks = self._record(turn, parse_tool_calls(response_text, _tool_names(tools)))
+        parsed = parse_tool_calls(response_text, _tool_names(tools), self.parameters.max_tool_calls_per_turn)
+        blocks = self._record(turn, parsed)
         self._history = _History(prompt_text + response_text + stop_text, prompt_ids + turn.output_ids)
         elapsed = time.perf_counter() - started
         usage = ChatUsage(input_tokens=len(prompt_ids), output_tokens=len(turn.output_ids), time=elapsed)

@@ -1,8 +1,9 @@
 """The Ray backbone (`reinflow.ray_policy`) on the tiny random Llama: the same update as the debug
 backbone (full tuning with 2 and 1 workers, LoRA with 2), a state round trip, the weight
 hand-off, a lost worker surfacing as `RayWorkerLost` without a hang, the fixed per-iteration
-overhead (measured, printed, not asserted), and placement across the nodes of a two-node
-cluster simulated on this machine (`ray.cluster_utils.Cluster`, slow).
+overhead (measured, printed, not asserted), the cluster address (`train.ray_address`, else
+`$RAY_ADDRESS`), and placement across the nodes of a two-node cluster simulated on this machine
+(`ray.cluster_utils.Cluster`, joined through `train.ray_address` with the default placement; slow).
 
 One local Ray instance serves the module (8 logical CPUs on a 2-core machine, so groups of
 different tests may coexist; each worker still runs 1 torch thread). `full2` (2 workers, full
@@ -28,7 +29,7 @@ from reinflow.checkpoint import read_checkpoint, write_checkpoint
 from reinflow.config import ExperimentConfig
 from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
 from reinflow.policy import PolicyTrainer
-from reinflow.ray_policy import RayPolicyGroup, RayWorkerLost, combine_metrics, shard_samples
+from reinflow.ray_policy import RayPolicyGroup, RayWorkerLost, cluster_address, combine_metrics, shard_samples
 from reinflow.train_batch import TrainSample, batch_normalizer
 
 ray = pytest.importorskip("ray")
@@ -262,7 +263,7 @@ def test_a_lost_worker_raises_promptly_and_the_group_stays_failed(full2):
     group.load_state(initial)
     ray.kill(group._actors[1], no_restart=True)
     started = time.perf_counter()
-    with pytest.raises(RayWorkerLost, match="worker 1 of 2 was lost"):
+    with pytest.raises(RayWorkerLost, match=r"worker 1 of 2 \(pid \d+ on [^)]+\) was lost"):
         group.train_step(toy_batch())  # timeout_s=120 on the group: a hang would fail, not block
     elapsed = time.perf_counter() - started
     print(f"RayWorkerLost after {elapsed:.2f} s")
@@ -279,16 +280,20 @@ def test_a_lost_worker_raises_promptly_and_the_group_stays_failed(full2):
 
 
 def _two_node_main(out: str) -> None:
-    """In a fresh interpreter: a 2-node × 1-CPU cluster, a SPREAD group of 2 workers, one step."""
+    """In a fresh interpreter: a 2-node × 2-CPU cluster, joined through ``train.ray_address`` with
+    the default placement, a group of 2 workers × 1 CPU, one step. Either node could hold both
+    workers, so one worker per node is the placement's doing, not a lack of room."""
     from ray.cluster_utils import Cluster
 
     started = time.perf_counter()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+    assert not ray.is_initialized()
     folder = resolve_model(TINY_RANDOM_LLAMA)
-    group = RayPolicyGroup(make_config(2), folder, placement="SPREAD", timeout_s=120)
+    group = RayPolicyGroup(make_config(2, ray_address=cluster.address), folder, timeout_s=120)
+    joined = {"connected_by_group": group.started_ray, "placement": group.placement,
+              "gcs_address": ray.get_runtime_context().gcs_address, "cluster_address": cluster.address}
     metrics = group.train_step(toy_batch())
     trainer = PolicyTrainer(debug_config(), folder)
     trainer.train_step(toy_batch())
@@ -297,11 +302,21 @@ def _two_node_main(out: str) -> None:
     ranks = rank_weights(group)
     result = {"ranks_equal": all(torch.equal(ranks[0][n], ranks[1][n]) for n in ranks[0]),
               "nodes": [n["node_id"] for n in group.nodes], "cluster_nodes": [n["NodeID"] for n in ray.nodes()],
-              "loss": metrics["loss"], "worst": worst, "seconds": time.perf_counter() - started}
+              "loss": metrics["loss"], "worst": worst, "seconds": time.perf_counter() - started} | joined
     group.close()
     ray.shutdown()
     cluster.shutdown()
     Path(out).write_text(json.dumps(result))
+
+
+def test_cluster_address_prefers_the_config_key_then_ray_address(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cluster_address(None) is None  # a private local Ray
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert cluster_address(None) == "10.0.0.5:6379"
+    assert cluster_address("ray://head:10001") == "ray://head:10001"
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    assert cluster_address(None) is None
 
 
 @pytest.mark.slow  # two Ray nodes and two workers from scratch: ~60 s on 2 cores
@@ -309,10 +324,12 @@ def test_two_node_cluster_places_one_worker_per_node(tmp_path):
     out = tmp_path / "result.json"
     code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); " \
            f"import test_ray_policy as t; t._two_node_main({str(out)!r})"
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "REINFLOW_RAY_PLACEMENT")}
     done = subprocess.run([sys.executable, "-c", code], env=env, timeout=400, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(out.read_text())
     print(f"two-node cluster test: {result['seconds']:.1f} s, max |ray - debug| = {result['worst']:.2e}")
+    assert result["connected_by_group"] and result["gcs_address"] == result["cluster_address"]  # via the key
+    assert result["placement"] == "SPREAD" and len(result["cluster_nodes"]) == 2
     assert len(set(result["nodes"])) == 2 and set(result["nodes"]) <= set(result["cluster_nodes"])
     assert result["ranks_equal"] and result["worst"] <= PARAM_ATOL_LR * LR

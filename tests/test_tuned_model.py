@@ -243,6 +243,7 @@ def test_model_from_rollout_config(tokenizer):
     model = TunedModel.from_rollout_config(ScriptedEngine(tokenizer, []), tokenizer, rollout, seed=1)
     assert model.parameters.model_dump() == {
         "max_model_len": 512, "max_new_tokens_per_turn": 64, "temperature": 0.7, "top_p": 0.9, "seed": 1, "max_turns": 3,
+        "max_tool_calls_per_turn": 16,
     }
 
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reinflow.data.normalize import Record, Skip
+from reinflow.data.sources import DataSourceError
 
 SCHEMA = pa.schema(
     [
@@ -198,6 +199,23 @@ def summarize(path: Path, split: str) -> dict[str, Any]:
         "shards": len(manifest["shards"]),
         "manifest": str(manifest_path(path, split)),
     }
+
+
+def require_rows(path: Path, split: str) -> None:
+    """Raise a one-line DataSourceError when a prepared split holds no task (an empty source, or
+    every row skipped), naming the source and why its rows were skipped."""
+    manifest = load_manifest(path, split)
+    if manifest["rows"]:
+        return
+    origin = manifest["source"].get("file") or manifest["source"].get("name")
+    if not manifest["rows_read"]:
+        raise DataSourceError(f"split '{split}' of {origin} is empty: no rows to make tasks of")
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in manifest["skipped"].items())
+    example = manifest["skipped_examples"][0]
+    raise DataSourceError(
+        f"split '{split}' of {origin} has no usable rows: all {manifest['rows_read']} were skipped ({reasons}); "
+        f"e.g. row {example['row_index']}: {example['detail'][:200]}"
+    )
 
 
 def verify_shards(path: Path, split: str) -> list[str]:

@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from reinflow.engines.base import FinishReason, Generation, SamplingParams
+from reinflow.errors import RunInterrupted
 
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3"})
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -74,8 +75,9 @@ depend on the rest of the batch (the masked columns add exact zeros)."""
 _MIN_REUSED_TOKENS = 8
 
 
-class EngineClosedError(RuntimeError):
-    """``generate`` was called on an engine that is closed (or whose scheduler failed)."""
+class EngineClosedError(RunInterrupted):
+    """``generate`` was called on an engine that is closed (or whose scheduler failed). A rollout
+    stops at it (``reinflow.rollout``): it is the engine's failure, not an episode's."""
 
 
 class EngineBusyError(RuntimeError):

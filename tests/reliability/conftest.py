@@ -2,8 +2,8 @@
 
 Every case carries `@pytest.mark.reliability("promise", tried="what was tried")`. Each test item
 (a parametrised case counts once) is one case of its promise; it *held* when the test passed.
-With `REINFLOW_RELIABILITY_REPORT=path` the session writes the table there in Markdown
-(`make reliability-report` regenerates `docs/RELIABILITY.md`).
+With `REINFLOW_RELIABILITY_REPORT=path` the session writes the table there in Markdown, between the
+file's table markers where it has them (`make reliability-report` regenerates `docs/RELIABILITY.md`).
 """
 
 from __future__ import annotations
@@ -69,4 +69,18 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     body = render_table(_tally)
     if failed:
         body += "\nCases that did not hold:\n\n" + "\n".join(failed) + "\n"
-    Path(target).write_text(body)
+    Path(target).write_text(_spliced(Path(target), body))
+
+
+TABLE_START, TABLE_END = "<!-- reliability-table:start -->", "<!-- reliability-table:end -->"
+
+
+def _spliced(target: Path, body: str) -> str:
+    """The target's text with ``body`` between the table markers (the prose around them kept), or
+    ``body`` alone where the target has no markers."""
+    text = target.read_text() if target.is_file() else ""
+    if TABLE_START not in text or TABLE_END not in text:
+        return body
+    head, rest = text.split(TABLE_START, 1)
+    tail = rest.split(TABLE_END, 1)[1]
+    return f"{head}{TABLE_START}\n{body}{TABLE_END}{tail}"
