@@ -176,8 +176,17 @@ def running_stack(tmp_path: Path) -> Iterator[Stack]:
         running.stop_all()
 
 
-def api(stack: Stack, method: str, path: str, body: Any = None) -> Any:
-    response = httpx.request(method, f"{stack.api_url}{path}", json=body, timeout=30)
+RETRIED_STATUSES = frozenset({429, 502, 503})  # what Prefect's own client retries (e.g. SQLite busy)
+
+
+def api(stack: Stack, method: str, path: str, body: Any = None, attempts: int = 6) -> Any:
+    """One REST call; transient answers (429/502/503) are retried with back-off, as Prefect's
+    own client does, anything else non-2xx fails the test."""
+    for attempt in range(attempts):
+        response = httpx.request(method, f"{stack.api_url}{path}", json=body, timeout=30)
+        if response.status_code not in RETRIED_STATUSES or attempt == attempts - 1:
+            break
+        time.sleep(2 ** attempt)
     assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text}"
     return response.json() if response.content else None
 
