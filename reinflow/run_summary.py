@@ -27,9 +27,8 @@ def run_summary(client: MlflowClient, run_id: str) -> dict[str, Any]:
         return pass_at_1[step], low.get(step, float("nan")), high.get(step, float("nan"))
 
     stage_seconds = {stage: sum(_by_step(client, run_id, f"seconds/{stage}").values()) for stage in STAGES}
-    started = client.get_run(run_id).info.start_time
-    ended = client.get_run(run_id).info.end_time or _now_ms()
-    wall = max((ended - started) / 1000, 1e-9)
+    info = client.get_run(run_id).info
+    wall = max(((info.end_time or _now_ms()) - info.start_time) / 1000, 1e-9)
     inside = sum(stage_seconds[stage] for stage in ("rollout", "judge", "update", "evaluate"))
     return {
         "baseline_pass_at_1": point(0),
