@@ -16,11 +16,14 @@ scheduler in memory between iterations. One ``train_step`` is one iteration's up
 2. For each of ``epochs_per_batch`` epochs, for each micro-batch (``train_batch.micro_batches``):
    forward right-padded with an attention mask, log-probs of ``ids[:, 1:]`` from the hidden states
    at ``[:, :-1]`` (the loss mask, engine log-probs and targets are shifted alike), the lm_head
-   run only on trained positions and in row chunks (``head_log_probs``: no ``[N, V]`` logits
-   kept), ``grpo.grpo_loss`` with ``normalizer`` = the whole batch's (so the micro-batch losses
+   run only on trained positions and in row chunks (``head_log_probs``: no ``[N, V]`` logits;
+   the softmax kept for the backward pass where it fits), ``grpo.grpo_loss`` with ``normalizer`` = the whole batch's (so the micro-batch losses
    and gradients sum to the full-batch ones), backward. Then ``_reduce_gradients`` (all-reduce
-   SUM over ranks), clip to ``max_grad_norm``, AdamW step (fused). Metrics are averaged over
-   epochs (``entropy``: epoch 0's, the policy that sampled).
+   SUM over ranks), clip to ``max_grad_norm``, AdamW step (fused), re-pack the packed linear
+   layers. Metrics are averaged over epochs (``entropy``: epoch 0's, the policy that sampled).
+   On CPU in fp32 every ``nn.Linear`` but the lm_head runs on oneDNN-packed weights
+   (``reinflow.packed_linear``); the trainer re-packs them after every in-place weight change
+   (optimizer step, ``load_state``, the initial broadcast).
 3. The LR scheduler steps **once per iteration** (per ``train_step``), not per optimizer step:
    ``warmup_iterations`` counts iterations, and the epochs of one batch share one LR.
    ``lr(i) = lr * min(1, (i + 1) / (warmup_iterations + 1))`` for the ``i``-th iteration (0-based).
@@ -55,6 +58,8 @@ from torch import Tensor, nn
 
 from reinflow import grpo
 from reinflow.config import ExperimentConfig, LoraTuning
+from reinflow.head_log_probs import head_log_probs
+from reinflow.packed_linear import pack_linears, repack, supported
 from reinflow.train_batch import TrainSample, batch_normalizer, micro_batches
 
 _ADAPTER = "default"
@@ -108,6 +113,7 @@ class PolicyTrainer:
                 "supported: remove 'lm_head' from model.tuning.target_modules"
             )
         self.model.train()
+        self._packed = pack_linears(self.model, self.train.micro_batch_tokens, skip=head) if supported(self.model) else []
         self.parameters = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(  # fused: one kernel for all tensors, ~4x faster on CPU
             list(self.parameters.values()), lr=self.train.lr, weight_decay=self.train.weight_decay, fused=True
@@ -198,6 +204,7 @@ class PolicyTrainer:
         self._reduce_gradients()
         grad_norm = nn.utils.clip_grad_norm_(list(self.parameters.values()), self.train.max_grad_norm)
         self.optimizer.step()
+        repack(self._packed)
         return grad_norm
 
     def _reduce_gradients(self) -> None:
@@ -225,6 +232,7 @@ class PolicyTrainer:
         with torch.no_grad():
             for p in self.parameters.values():
                 dist.broadcast(p.data, src=0)
+        repack(self._packed)
 
     # ---- log-probs ----------------------------------------------------------------------------
 
@@ -333,93 +341,10 @@ class PolicyTrainer:
         with torch.no_grad():
             for name, p in self.parameters.items():
                 p.copy_(weights[name])
+        repack(self._packed)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-
-
-# ----------------------------------------------------------------------------- lm_head log-probs
-
-HEAD_CHUNK_ROWS = 128
-"""Rows of lm_head output computed at once. ``[128, V]`` fp32 is 25 MB for V = 49k: below glibc's
-32 MiB mmap threshold, so chunk buffers are reused from the heap. Whole ``[N, V]`` tensors
-(300 MB for 1.5k tokens, ~10 of them per step) were each mmapped and page-faulted anew: ~3 GB of
-page faults per step of the built-in model, and ~1 GB of peak memory."""
-
-
-def head_log_probs(hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float,
-                   with_entropy: bool) -> tuple[Tensor, Tensor]:
-    """``log softmax(hidden @ weight.T / τ)[target]`` per row, and the entropy of that softmax.
-
-    Args:
-        hidden: ``[N, H]`` final hidden states at the positions that predict ``targets``.
-        weight: ``[V, H]`` the (bias-free) lm_head weight.
-        targets: ``[N]`` long. temperature: the sampling temperature ``τ > 0``.
-        with_entropy: compute the entropy too (else an empty tensor is returned for it).
-
-    Returns:
-        ``(logp [N], entropy [N] or [0])``; ``logp`` is differentiable in ``hidden`` and ``weight``,
-        the entropy is a metric (no gradient). Equal to ``grpo.token_log_probs`` /
-        ``grpo.entropy_from_logits`` on ``hidden @ weight.T`` (fp32 rounding aside), but computed
-        in chunks of ``HEAD_CHUNK_ROWS`` rows with the logits recomputed in the backward pass
-        (one extra lm_head matmul) instead of stored: Liger-kernel's fused linear cross-entropy.
-    """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 to score tokens, got {temperature}")
-    return _HeadLogProbs.apply(hidden, weight, targets, float(temperature), with_entropy)
-
-
-def _chunks(rows: int) -> list[slice]:
-    return [slice(start, min(start + HEAD_CHUNK_ROWS, rows)) for start in range(0, rows, HEAD_CHUNK_ROWS)]
-
-
-def _scaled_logits(hidden: Tensor, weight: Tensor, temperature: float) -> Tensor:
-    """``hidden [C, H] @ weight.T / τ`` → ``[C, V]`` fp32."""
-    logits = hidden @ weight.T
-    return logits if temperature == 1.0 else logits.div_(temperature)
-
-
-class _HeadLogProbs(torch.autograd.Function):
-    """Autograd for ``head_log_probs``: saves ``hidden``, ``weight``, ``targets`` and the
-    per-row logsumexp, never the ``[N, V]`` logits."""
-
-    @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float,
-                with_entropy: bool) -> tuple[Tensor, Tensor]:
-        rows = hidden.shape[0]
-        logp, lse = hidden.new_empty(rows), hidden.new_empty(rows)
-        entropy = hidden.new_empty(rows if with_entropy else 0)
-        for chunk in _chunks(rows):
-            z = _scaled_logits(hidden[chunk], weight, temperature)  # [C, V]
-            lse[chunk] = torch.logsumexp(z, dim=-1)
-            logp[chunk] = z.gather(1, targets[chunk, None])[:, 0] - lse[chunk]
-            if with_entropy:
-                log_p = z.sub_(lse[chunk, None])  # in place: z is ours
-                entropy[chunk] = -(log_p.exp() * log_p).sum(dim=-1)
-        ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.temperature = temperature
-        ctx.mark_non_differentiable(entropy)
-        return logp, entropy
-
-    @staticmethod
-    def backward(ctx, grad_logp: Tensor, _grad_entropy: Tensor) -> tuple:
-        """``d logp / d z = onehot(target) - softmax(z)``; ``z = hidden @ weight.T / τ``."""
-        hidden, weight, targets, lse = ctx.saved_tensors
-        need_hidden, need_weight = ctx.needs_input_grad[:2]
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros_like(weight) if need_weight else None
-        for chunk in _chunks(hidden.shape[0]):
-            g = grad_logp[chunk, None]  # [C, 1]
-            dz = _scaled_logits(hidden[chunk], weight, ctx.temperature)
-            dz = dz.sub_(lse[chunk, None]).exp_().mul_(-g)  # -softmax * g
-            dz.scatter_add_(1, targets[chunk, None], g)
-            if ctx.temperature != 1.0:
-                dz.div_(ctx.temperature)
-            if need_hidden:
-                grad_hidden[chunk] = dz @ weight
-            if need_weight:
-                grad_weight.addmm_(dz.T, hidden[chunk])
-        return grad_hidden, grad_weight, None, None, None
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -18,7 +18,8 @@ from reinflow.config import ExperimentConfig
 from reinflow.engines.base import SamplingParams
 from reinflow.engines.hf import HFEngine
 from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
-from reinflow.policy import PolicyTrainer, head_log_probs
+from reinflow.head_log_probs import head_log_probs
+from reinflow.policy import PolicyTrainer
 from reinflow.train_batch import TrainSample, batch_normalizer
 
 LORA = {"type": "lora", "rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj", "up_proj"]}
@@ -88,16 +89,18 @@ def surrogate_loss(trainer: PolicyTrainer, samples: list[TrainSample], old: list
     return sum(float(x) for x in losses), logps
 
 
+@pytest.mark.parametrize("saved_bytes", [1 << 30, 0], ids=["probabilities-kept", "logits-recomputed"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_chunked_head_log_probs_equal_the_plain_computation(temperature):
+def test_chunked_head_log_probs_equal_the_plain_computation(temperature, saved_bytes):
     """Values, entropy and both gradients against ``grpo``'s functions on full logits; N = 300
-    rows spans three chunks (the last one partial)."""
+    rows spans three chunks (the last one partial); with the probabilities kept for the backward
+    pass and with the logits recomputed there."""
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(300, 16, generator=generator, requires_grad=True)
     weight = torch.randn(1000, 16, generator=generator, requires_grad=True)
     targets = torch.randint(0, 1000, (300,), generator=generator)
     upstream = torch.randn(300, generator=generator)
-    logp, entropy = head_log_probs(hidden, weight, targets, temperature, with_entropy=True)
+    logp, entropy = head_log_probs(hidden, weight, targets, temperature, with_entropy=True, saved_bytes=saved_bytes)
     (logp * upstream).sum().backward()
     fused = (logp.detach(), entropy, hidden.grad.clone(), weight.grad.clone())
     hidden.grad = weight.grad = None

@@ -1,0 +1,120 @@
+"""Log-probs of the sampled tokens through the lm_head, in row chunks, without whole ``[N, V]`` logits.
+
+The trainer needs ``log softmax(hidden @ W.T / τ)[target]`` at the ``N`` trained positions only, and
+its gradient. Materialising ``[N, V]`` logits (and autograd's copies of them) costs ~1 GB and
+gigabytes of page faults per step for the built-in model (V = 49k), so the logits are computed in
+chunks of ``HEAD_CHUNK_ROWS`` rows, and only the per-row logsumexp is kept for the backward pass
+(Liger-kernel's fused linear cross-entropy does the same).
+
+The backward pass needs ``softmax(z)`` again. Two ways, chosen per call by size:
+
+- **kept**: when ``N * V`` fp32 fits in ``saved_bytes`` (default ``HEAD_SAVED_BYTES``), the forward
+  pass writes each chunk's probabilities into one ``[N, V]`` buffer and the backward pass uses it
+  in place: no second lm_head matmul (~5% of a full-tuning step of the built-in model);
+- **recomputed**: otherwise the backward pass recomputes each chunk's logits (one extra lm_head
+  matmul), so memory stays at one chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+HEAD_CHUNK_ROWS = 128
+"""Rows of lm_head output computed at once. ``[128, V]`` fp32 is 25 MB for V = 49k: below glibc's
+32 MiB mmap threshold, so chunk buffers are reused from the heap. Whole ``[N, V]`` temporaries
+(300 MB for 1.5k tokens, ~10 of them per step) were each mmapped and page-faulted anew: ~3 GB of
+page faults per step of the built-in model, and ~1 GB of peak memory."""
+
+HEAD_SAVED_BYTES = 1 << 30
+"""Largest ``[N, V]`` fp32 probability buffer kept from the forward to the backward pass (1 GiB:
+5.4k trained tokens of a 49k vocabulary); above it the backward pass recomputes the logits."""
+
+
+def head_log_probs(hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float,
+                   with_entropy: bool, saved_bytes: int = HEAD_SAVED_BYTES) -> tuple[Tensor, Tensor]:
+    """``log softmax(hidden @ weight.T / τ)[target]`` per row, and the entropy of that softmax.
+
+    Args:
+        hidden: ``[N, H]`` final hidden states at the positions that predict ``targets``.
+        weight: ``[V, H]`` the (bias-free) lm_head weight.
+        targets: ``[N]`` long. temperature: the sampling temperature ``τ > 0``.
+        with_entropy: compute the entropy too (else an empty tensor is returned for it).
+        saved_bytes: keep the ``[N, V]`` probabilities for the backward pass when they fit in this
+            many bytes, else recompute the logits there (see the module docstring).
+
+    Returns:
+        ``(logp [N], entropy [N] or [0])``; ``logp`` is differentiable in ``hidden`` and ``weight``
+        (once), the entropy is a metric (no gradient). Equal to ``grpo.token_log_probs`` /
+        ``grpo.entropy_from_logits`` on ``hidden @ weight.T`` (fp32 rounding aside).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to score tokens, got {temperature}")
+    keep = hidden.requires_grad or weight.requires_grad
+    keep = keep and hidden.shape[0] * weight.shape[0] * 4 <= saved_bytes
+    return _HeadLogProbs.apply(hidden, weight, targets, float(temperature), with_entropy, keep)
+
+
+def _chunks(rows: int) -> list[slice]:
+    return [slice(start, min(start + HEAD_CHUNK_ROWS, rows)) for start in range(0, rows, HEAD_CHUNK_ROWS)]
+
+
+def _scaled_logits(hidden: Tensor, weight: Tensor, temperature: float) -> Tensor:
+    """``hidden [C, H] @ weight.T / τ`` → ``[C, V]`` fp32."""
+    logits = hidden @ weight.T
+    return logits if temperature == 1.0 else logits.div_(temperature)
+
+
+class _HeadLogProbs(torch.autograd.Function):
+    """Autograd for ``head_log_probs``: saves ``hidden``, ``weight``, ``targets``, the per-row
+    logsumexp and, when kept, the ``[N, V]`` probabilities."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float,
+                with_entropy: bool, keep: bool) -> tuple[Tensor, Tensor]:
+        rows = hidden.shape[0]
+        logp, lse = hidden.new_empty(rows), hidden.new_empty(rows)
+        entropy = hidden.new_empty(rows if with_entropy else 0)
+        probs = hidden.new_empty(rows, weight.shape[0]) if keep else None
+        for chunk in _chunks(rows):
+            z = _scaled_logits(hidden[chunk], weight, temperature)  # [C, V]
+            lse[chunk] = torch.logsumexp(z, dim=-1)
+            logp[chunk] = z.gather(1, targets[chunk, None])[:, 0] - lse[chunk]
+            if with_entropy or keep:
+                log_p = z.sub_(lse[chunk, None])  # in place: z is ours
+                p = torch.exp(log_p, out=probs[chunk]) if keep else log_p.exp()
+                if with_entropy:
+                    entropy[chunk] = -(p * log_p).sum(dim=-1)
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.temperature, ctx.probs = temperature, probs
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_logp: Tensor, _grad_entropy: Tensor) -> tuple:
+        """``d logp / d z = onehot(target) - softmax(z)``; ``z = hidden @ weight.T / τ``."""
+        hidden, weight, targets, lse = ctx.saved_tensors
+        need_hidden, need_weight = ctx.needs_input_grad[:2]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight) if need_weight else None
+        for chunk in _chunks(hidden.shape[0]):
+            g = grad_logp[chunk, None]  # [C, 1]
+            dz = _softmax(ctx, hidden, weight, lse, chunk).mul_(-g)  # -softmax * g
+            dz.scatter_add_(1, targets[chunk, None], g)
+            if ctx.temperature != 1.0:
+                dz.div_(ctx.temperature)
+            if need_hidden:
+                grad_hidden[chunk] = dz @ weight
+            if need_weight:
+                grad_weight.addmm_(dz.T, hidden[chunk])
+        ctx.probs = None
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def _softmax(ctx, hidden: Tensor, weight: Tensor, lse: Tensor, chunk: slice) -> Tensor:
+    """``softmax(z)`` of a chunk, ``[C, V]``, ours to modify: the kept buffer's rows or recomputed."""
+    if ctx.probs is not None:
+        return ctx.probs[chunk]
+    return _scaled_logits(hidden[chunk], weight, ctx.temperature).sub_(lse[chunk, None]).exp_()
