@@ -158,7 +158,19 @@ class RolloutConfig(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     concurrency: int = Field(32, ge=1, le=4096, description="Episodes in flight at once (they share one batching engine).")
     max_batch_size: int = Field(
-        16, ge=1, le=4096, description="Most sequences the engine decodes in one forward pass."
+        16, ge=1, le=4096, description="Most sequences the engine (each replica) decodes in one forward pass."
+    )
+    engine_replicas: int = Field(
+        1, ge=1, le=1024,
+        description="Copies of the engine: 1 serves in this process; more run as Ray actors spread over the nodes "
+        "of the cluster (`train.ray_address`), requests routed between them (see docs/RAY.md).",
+    )
+    cpus_per_engine: float = Field(
+        1.0, gt=0, le=1024, description="CPUs Ray reserves for each engine replica (also its torch thread count); "
+        "only with `engine_replicas` > 1.",
+    )
+    gpus_per_engine: float = Field(
+        0.0, ge=0, le=16, description="GPUs Ray reserves for each engine replica; only with `engine_replicas` > 1.",
     )
     episode_timeout_seconds: float = Field(
         600.0, gt=0, le=86_400, description="An episode running longer is stopped and recorded as a timeout."
@@ -254,7 +266,7 @@ class TrainConfig(Section):
     gpus_per_worker: float = Field(0.0, ge=0, le=16, description="GPUs Ray reserves for each policy worker.")
     ray_address: str | None = Field(
         None,
-        description="Existing Ray cluster for `backbone: ray`: `auto` (the `ray start` instance on this machine), "
+        description="Existing Ray cluster for `backbone: ray` and `rollout.engine_replicas` > 1: `auto` (the `ray start` instance on this machine), "
         "`host:port` (the head node) or `ray://host:port` (Ray Client); unset: $RAY_ADDRESS, else a private, "
         "quiet local Ray.",
     )
@@ -312,6 +324,12 @@ class ExperimentConfig(Section):
                 "rollout.temperature is 0: the episodes of a group (and the k samples of pass@k) would all be "
                 "the same greedy episode, so GRPO learns nothing; set rollout.temperature > 0 "
                 "(evaluation's pass@1 is greedy anyway)"
+            )
+        if self.rollout.engine == "vllm" and self.rollout.engine_replicas > 1 and self.rollout.gpus_per_engine == 0:
+            raise ValueError(
+                f"rollout.engine_replicas is {self.rollout.engine_replicas} with engine 'vllm' but "
+                "rollout.gpus_per_engine is 0: each vLLM replica needs a GPU; set rollout.gpus_per_engine "
+                "(e.g. 1) or use engine 'hf'"
             )
         if self.backbone == "debug" and self.train.workers > 1:
             raise ValueError(

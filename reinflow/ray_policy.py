@@ -61,6 +61,10 @@ checkpoint; ``close()`` still disconnects Ray. An exception inside ``train_step`
 breaks the group the same way (its ranks may disagree after it); one inside ``load_state`` (e.g.
 a checkpoint of another model) is re-raised and leaves the group usable. Workers are also killed
 when the group is garbage-collected; Ray kills them anyway when the driver process exits.
+
+Rollout engine replicas (``rollout.engine_replicas > 1``, ``reinflow.engines.ray_replicas``) join
+Ray through the same ``init_ray`` and use the same placement convention, in a placement group of
+their own.
 """
 
 from __future__ import annotations

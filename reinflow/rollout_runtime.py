@@ -1,5 +1,6 @@
 """What a rollout needs that is expensive to build: the engine (model loaded), the tokenizer and
-the user's workflow object. Built once per process and reused across iterations."""
+the user's workflow object. Built once per process and reused across iterations. The engine is in
+process, or with ``rollout.engine_replicas > 1`` Ray actors across the nodes (``engines.ray_replicas``)."""
 
 from __future__ import annotations
 
@@ -39,17 +40,11 @@ def build_runtime(config: ExperimentConfig, project_root: Path) -> RolloutRuntim
     """Load the workflow first (cheap, and the likeliest to be misconfigured), then the model."""
     from transformers import AutoTokenizer
 
-    from reinflow.engines.factory import create_engine
+    from reinflow.engines.factory import engine_for
 
     workflow = load_workflow(config, project_root)
     folder = resolve_model(config.model.path)
-    engine = create_engine(
-        config.rollout.engine,
-        folder,
-        dtype=config.model.dtype,
-        max_model_len=config.rollout.max_model_len,
-        max_batch_size=config.rollout.max_batch_size,
-    )
+    engine = engine_for(config, folder)  # in process, or rollout.engine_replicas Ray actors
     return RolloutRuntime(config, engine, AutoTokenizer.from_pretrained(folder), workflow)
 
 
@@ -99,11 +94,19 @@ def runtime_for(config: ExperimentConfig, project_root: Path) -> RolloutRuntime:
     """The process's runtime for this model/engine/workflow, built on first use."""
     key = "|".join(
         [config.model.path, config.model.dtype, config.rollout.engine, str(config.rollout.max_model_len),
-         str(config.rollout.max_batch_size), config.rollout.workflow, str(sorted(config.rollout.workflow_options.items())),
-         str(project_root.resolve())]
+         str(config.rollout.max_batch_size), _replicas_key(config), config.rollout.workflow,
+         str(sorted(config.rollout.workflow_options.items())), str(project_root.resolve())]
     )
     if key not in _RUNTIMES:
         _RUNTIMES[key] = build_runtime(config, project_root)
     runtime = _RUNTIMES[key]
     runtime.config = config
     return runtime
+
+
+def _replicas_key(config: ExperimentConfig) -> str:
+    """What distinguishes one engine-replicas setup from another (empty for the in-process engine)."""
+    rollout = config.rollout
+    if rollout.engine_replicas == 1:
+        return ""
+    return f"{rollout.engine_replicas}x{rollout.cpus_per_engine}cpu{rollout.gpus_per_engine}gpu@{config.train.ray_address}"

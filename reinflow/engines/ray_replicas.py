@@ -1,0 +1,389 @@
+"""Rollout engine replicas on Ray: ``rollout.engine_replicas`` copies of the engine, spread over the nodes.
+
+``RayEngineReplicas(config, model_folder)`` is an ``Engine`` (``generate``, ``load_weights``,
+``close``) that the rollout uses exactly like the one in-process engine; ``engines.factory.engine_for``
+builds it when ``rollout.engine_replicas > 1``. It is built once per process (the rollout
+runtime is cached) and lives as long as the runtime:
+
+1. **Ray.** Connected the way ``RayPolicyGroup`` connects (``ray_policy.init_ray``): a Ray
+   already initialised in this process is used as it is; ``train.ray_address`` (else
+   ``$RAY_ADDRESS``) joins that cluster; otherwise a private, quiet local Ray starts with enough
+   logical CPUs for the replicas *and* the policy workers of ``backbone: ray`` (the engine is
+   built first, so its Ray is the one the policy group then finds). ``close`` shuts down only a
+   Ray it started.
+2. **Placement.** One placement group, one bundle per replica (``rollout.cpus_per_engine`` CPUs,
+   ``rollout.gpus_per_engine`` GPUs), strategy ``SPREAD`` (or ``$REINFLOW_RAY_PLACEMENT``, the
+   same override as the policy workers'): on a multi-node cluster the replicas go to different
+   nodes, as evenly as Ray can; on one machine they all land there.
+3. **Replicas.** One async Ray actor per bundle (``_EngineReplica``), each holding the configured
+   engine (``factory.create_engine``, ``rollout.max_batch_size`` rows of its own) with
+   ``torch.set_num_threads`` = its CPU share. The model folder is the driver's where it exists on
+   the replica's node; elsewhere the replica resolves ``model.path`` itself. ``nodes`` lists, per
+   replica, its node id, IP, pid, threads and device.
+
+Routing (``ReplicaRouter``, on the driver): a request goes to the replica with the fewest requests
+in flight (ties: the one that was sent fewer so far), except that a prompt *extending* a prompt
+recently sent to a replica (it starts with that whole prompt: the same GRPO group's prompt, or an
+agent's next turn re-sending its conversation) goes to that replica, whose prefix cache holds it,
+as long as that replica has fewer than ``max_batch_size`` requests in flight (a full replica
+would queue it: then the least busy one takes it). Requests without a seed get one from the
+driver's own generator (seed 0, like ``HFEngine``), so unseeded replicas never repeat each other's
+draws; a seeded request gives what one in-process ``HFEngine`` gives (seeded samples do not depend
+on the batch). A caller that stops waiting (episode timeout) cancels the replica's request.
+
+Weights: ``load_weights(state_dict)`` ships the weights to the object store **once** (NumPy arrays,
+read zero-copy by replicas on the same node) and waits until every replica has copied them in; a
+folder path is handed over as a path, read by each replica on its own node. Like ``HFEngine`` it
+refuses while requests are in flight (``EngineBusyError``).
+
+Failures: a replica that dies (killed, out of memory, its node lost) makes the current or next call
+raise ``EngineReplicaLost`` (a ``RunInterrupted``: the rollout stops, the run resumes) as soon as Ray
+reports it; a replica's engine failing (``EngineClosedError`` inside it) does the same. The engine
+is then unusable: every replica is killed and its resources freed at once, and every later call
+raises ``EngineReplicaLost``. An error that is the request's (a prompt the engine rejects) is
+re-raised as it is. Replicas are also killed when the engine is garbage-collected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+import weakref
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reinflow.config import ExperimentConfig
+from reinflow.errors import RunInterrupted
+from reinflow.ray_policy import (
+    DEFAULT_PLACEMENT,
+    FORWARDED_ENV,
+    PLACEMENT_ENV,
+    PLACEMENT_STRATEGIES,
+    _from_numpy,
+    _lost_errors,
+    _release,
+    _to_numpy,
+    init_ray,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from reinflow.engines.base import Generation, SamplingParams
+
+# torch is imported lazily (as in ``ray_policy``): a replica process imports this module before
+# ``_EngineReplica.__init__`` has set the forwarded environment that OpenMP reads when torch loads.
+
+RECENT_PROMPTS = 256
+"""Prompts remembered per replica for routing an extension back to it (the last ones sent)."""
+MIN_AFFINE_TOKENS = 8
+"""Shorter remembered prompts do not pull requests to a replica (the engine reuses no shorter prefix)."""
+CLOSE_TIMEOUT_S = 30.0
+"""How long ``close`` waits for the replicas to stop their engines before killing them."""
+
+_log = logging.getLogger(__name__)
+
+
+class EngineReplicaLost(RunInterrupted):
+    """An engine replica died (or its engine failed) and the replicas can no longer serve.
+
+    The rollout stops at it; a resumed run rebuilds the engine."""
+
+
+# ----------------------------------------------------------------------------- routing (pure)
+
+
+class ReplicaRouter:
+    """Which replica serves a request: least in flight, prefix affinity (see the module docstring).
+
+    ``pick(prompt)`` chooses and counts the request in flight; ``done(replica)`` when it ends."""
+
+    def __init__(self, replicas: int, capacity: int, recent: int = RECENT_PROMPTS) -> None:
+        self.capacity = capacity
+        self.in_flight = [0] * replicas
+        self.sent = [0] * replicas
+        self.recent: list[deque[list[int]]] = [deque(maxlen=recent) for _ in range(replicas)]
+
+    def pick(self, prompt: Sequence[int]) -> int:
+        prompt = list(prompt)
+        least = min(range(len(self.in_flight)), key=lambda r: (self.in_flight[r], self.sent[r], r))
+        affine = self.affine(prompt)
+        chosen = affine if affine is not None and self.in_flight[affine] < self.capacity else least
+        self.in_flight[chosen] += 1
+        self.sent[chosen] += 1
+        if len(prompt) >= MIN_AFFINE_TOKENS:
+            self.recent[chosen].append(prompt)
+        return chosen
+
+    def done(self, replica: int) -> None:
+        self.in_flight[replica] -= 1
+
+    def affine(self, prompt: list[int]) -> int | None:
+        """The replica holding the longest remembered prompt that ``prompt`` starts with (ties: the
+        one with fewer in flight), or ``None``."""
+        best: tuple[int, int] | None = None  # (length, -in_flight)
+        chosen = None
+        for replica, remembered in enumerate(self.recent):
+            for old in remembered:
+                n = len(old)
+                if n > len(prompt) or prompt[n - 1] != old[-1] or prompt[:n] != old:
+                    continue
+                key = (n, -self.in_flight[replica])
+                if best is None or key > best:
+                    best, chosen = key, replica
+        return chosen
+
+    @property
+    def busy(self) -> int:
+        return sum(self.in_flight)
+
+
+# ----------------------------------------------------------------------------- the replica actor
+
+
+class _EngineReplica:
+    """One engine inside an async Ray actor process, alive as long as the driver's engine."""
+
+    def __init__(self, threads: int, env: dict[str, str]) -> None:
+        os.environ.update(env)  # before torch loads OpenMP (see the imports above)
+        import torch
+
+        torch.set_num_threads(threads)
+        self.threads = threads
+        self.engine = None
+
+    async def setup(self, kind: str, model_folder: str, model_path: str, dtype: str, max_model_len: int,
+                    max_batch_size: int, device: str | None) -> dict[str, Any]:
+        import ray
+        import torch
+
+        from reinflow.engines.factory import create_engine
+        from reinflow.models import resolve_model
+
+        started = time.perf_counter()
+        torch.set_num_threads(self.threads)
+        folder = Path(model_folder)
+        if not (folder / "config.json").is_file():
+            folder = resolve_model(model_path)
+        self.engine = create_engine(kind, folder, dtype=dtype, max_model_len=max_model_len,
+                                    max_batch_size=max_batch_size, device=device)
+        return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
+                "pid": os.getpid(), "threads": torch.get_num_threads(),
+                "device": str(getattr(self.engine, "device", device)), "setup_seconds": time.perf_counter() - started}
+
+    async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> Generation:
+        return await self.engine.generate(prompt_ids, sampling)
+
+    async def load_weights(self, weights: dict[str, Any] | str) -> None:
+        self.engine.load_weights(Path(weights) if isinstance(weights, str) else _from_numpy(weights))
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            await self.engine.close()
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+class RayEngineReplicas:
+    """``rollout.engine_replicas`` engines on Ray behind the ``Engine`` protocol; see the module docstring.
+
+    ``placement``: the placement group strategy (default ``$REINFLOW_RAY_PLACEMENT`` or ``SPREAD``).
+    ``start_timeout_s``: how long to wait for the cluster to grant the replicas' resources and for
+    their engines to load."""
+
+    def __init__(self, config: ExperimentConfig, model_folder: Path, *, placement: str | None = None,
+                 start_timeout_s: float = 600.0) -> None:
+        rollout = config.rollout
+        self.replicas = rollout.engine_replicas
+        self.placement = (placement or os.environ.get(PLACEMENT_ENV) or DEFAULT_PLACEMENT).upper()
+        if self.placement not in PLACEMENT_STRATEGIES:
+            raise ValueError(f"placement must be one of {PLACEMENT_STRATEGIES}, got {self.placement!r}")
+        self.router = ReplicaRouter(self.replicas, rollout.max_batch_size)
+        self.nodes: list[dict[str, Any]] = []  # per replica, once the engines are loaded
+        self._seeds = random.Random(0)
+        self._broken: str | None = None
+        self._handles: dict[str, Any] = {"actors": [], "pg": None}
+        self._finalizer = weakref.finalize(self, _release, self._handles)
+        self.started_ray = init_ray(_cpus_needed(config), config.train.ray_address)
+        try:
+            pg = self._reserve(rollout.cpus_per_engine, rollout.gpus_per_engine, start_timeout_s)
+            self._start(config, pg)
+            device = "cpu" if rollout.gpus_per_engine == 0 else None
+            self.nodes = self._wait(
+                [actor.setup.remote(rollout.engine, str(model_folder), config.model.path, config.model.dtype,
+                                    rollout.max_model_len, rollout.max_batch_size, device)
+                 for actor in self._actors],
+                "start", start_timeout_s,
+            )
+        except BaseException:
+            self._finalizer()
+            self._shutdown_ray()
+            raise
+        _log.info("engine replicas: %d on %d node(s)", self.replicas, len({n["node_id"] for n in self.nodes}))
+
+    # ---- the Engine interface -----------------------------------------------------------------
+
+    async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> Generation:
+        """Route the request to a replica (see the module docstring) and await its result there."""
+        import ray
+
+        self._check()
+        if sampling.seed is None:
+            sampling = replace(sampling, seed=self._seeds.getrandbits(63))
+        replica = self.router.pick(prompt_ids)
+        ref = self._actors[replica].generate.remote(list(prompt_ids), sampling)
+        try:
+            return await ref
+        except asyncio.CancelledError:
+            ray.cancel(ref)
+            raise
+        except _lost_errors() as error:
+            raise EngineReplicaLost(self._fail(self._lost("generate", replica, error))) from error
+        except ray.exceptions.RayTaskError as error:
+            raise self._task_error("generate", replica, error) from None
+        finally:
+            self.router.done(replica)
+
+    def load_weights(self, weights: Mapping[str, torch.Tensor] | Path) -> None:
+        """Hand the weights (a state dict, put in the object store once, or a folder path) to every
+        replica and wait until all have loaded them."""
+        import ray
+
+        from reinflow.engines.hf import EngineBusyError
+
+        self._check()
+        if self.router.busy:
+            raise EngineBusyError(f"load_weights with {self.router.busy} request(s) in flight: await every episode first")
+        ref = ray.put(str(weights) if isinstance(weights, (str, Path)) else _to_numpy(dict(weights)))
+        self._wait([actor.load_weights.remote(ref) for actor in self._actors], "load_weights", None)
+
+    async def close(self) -> None:
+        """Stop the replicas' engines (waiting up to ``CLOSE_TIMEOUT_S``), kill the replicas, free
+        their placement group and disconnect from Ray if this engine connected. Safe to call twice."""
+        if self._actors and self._broken is None:
+            refs = [actor.close.remote() for actor in self._actors]
+            try:
+                await asyncio.wait_for(asyncio.gather(*refs), CLOSE_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - a replica already dead or slow: it is killed below
+                pass
+        self._broken = self._broken or "closed"
+        self._finalizer()
+        self._shutdown_ray()
+
+    @property
+    def requests_per_replica(self) -> list[int]:
+        """Requests sent to each replica so far (logs, tests)."""
+        return list(self.router.sent)
+
+    # ---- plumbing -----------------------------------------------------------------------------
+
+    @property
+    def _actors(self) -> list[Any]:
+        return self._handles["actors"]
+
+    def _reserve(self, cpus: float, gpus: float, timeout_s: float) -> Any:
+        """One placement group, one bundle per replica; waits until the cluster grants it."""
+        import ray
+        from ray.util.placement_group import placement_group
+
+        bundle: dict[str, float] = {"CPU": cpus} | ({"GPU": gpus} if gpus else {})
+        pg = placement_group([dict(bundle) for _ in range(self.replicas)], strategy=self.placement,
+                             name=f"reinflow-engine-{os.getpid()}-{id(self):x}")
+        self._handles["pg"] = pg
+        if not pg.wait(timeout_seconds=timeout_s):
+            raise RuntimeError(
+                f"Ray could not reserve {self.replicas} engine replica(s) of {bundle} ({self.placement}) within "
+                f"{timeout_s:.0f} s; the cluster has {ray.cluster_resources()} (lower rollout.engine_replicas / "
+                "cpus_per_engine / gpus_per_engine or add nodes)"
+            )
+        return pg
+
+    def _start(self, config: ExperimentConfig, pg: Any) -> None:
+        """One async actor per bundle (the engines load in ``setup``)."""
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        rollout = config.rollout
+        env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        threads = max(1, int(rollout.cpus_per_engine))
+        actor_class = ray.remote(_EngineReplica)
+        for index in range(self.replicas):
+            self._actors.append(actor_class.options(
+                num_cpus=rollout.cpus_per_engine, num_gpus=rollout.gpus_per_engine, max_restarts=0,
+                max_concurrency=max(1000, 2 * rollout.concurrency),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=pg,
+                                                                     placement_group_bundle_index=index),
+                name=f"reinflow-engine-{index}-{os.getpid()}-{id(self):x}",
+            ).remote(threads, env))
+
+    def _check(self) -> None:
+        if self._broken is not None:
+            raise EngineReplicaLost(f"the engine replicas can no longer be used ({self._broken}); rebuild the engine")
+
+    def _fail(self, reason: str) -> str:
+        """Mark the engine unusable and free every replica and the placement group at once."""
+        self._broken = reason
+        self._finalizer()
+        return reason
+
+    def _lost(self, what: str, index: int, error: BaseException) -> str:
+        """One line naming the dead replica (index, pid, node) and the first line of Ray's report."""
+        node = self.nodes[index] if index < len(self.nodes) else {}
+        where = f" (pid {node['pid']} on {node['ip']})" if node else ""
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        return f"{what}: engine replica {index} of {self.replicas}{where} was lost: {first}"
+
+    def _task_error(self, what: str, index: int, error: BaseException) -> BaseException:
+        """The exception a replica's call raised, as the caller should see it: the engine's own failure
+        (a ``RunInterrupted``) breaks the replicas; anything else (a rejected request) is the request's."""
+        cause = getattr(error, "cause", None) or error
+        if isinstance(cause, RunInterrupted):
+            return EngineReplicaLost(self._fail(self._lost(what, index, cause)))
+        return cause
+
+    def _wait(self, refs: list, what: str, timeout_s: float | None) -> list:
+        """Every ref's result, in order; a lost replica (or the timeout) raises ``EngineReplicaLost``
+        at once, without waiting for the others."""
+        import ray
+
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        results: dict[int, Any] = {}
+        pending = list(refs)
+        while pending:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
+            if not ready:
+                late = [refs.index(ref) for ref in pending]
+                raise EngineReplicaLost(self._fail(f"{what}: no answer from engine replica(s) {late} within {timeout_s} s"))
+            index = refs.index(ready[0])
+            try:
+                results[index] = ray.get(ready[0])
+            except _lost_errors() as error:
+                raise EngineReplicaLost(self._fail(self._lost(what, index, error))) from error
+            except ray.exceptions.RayTaskError as error:
+                raise self._task_error(what, index, error) from None
+        return [results[i] for i in range(len(refs))]
+
+    def _shutdown_ray(self) -> None:
+        import ray
+
+        if self.started_ray:
+            if ray.is_initialized():
+                ray.shutdown()
+            self.started_ray = False
+
+
+def _cpus_needed(config: ExperimentConfig) -> float:
+    """Logical CPUs a private local Ray needs: the replicas', plus the policy workers' on ``backbone: ray``."""
+    needed = config.rollout.engine_replicas * config.rollout.cpus_per_engine
+    if config.backbone == "ray":
+        needed += config.train.workers * config.train.cpus_per_worker
+    return needed
