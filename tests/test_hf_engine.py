@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from reinflow.engines.base import Generation, SamplingParams
 from reinflow.engines.factory import create_engine
-from reinflow.engines.hf import EngineBusyError, EngineClosedError, HFEngine, _Linear
+from reinflow.engines.hf import EngineBusyError, EngineClosedError, HFEngine, _Linear, _matmul_attention
 from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
 
 PROMPTS = [[1, 9, 40, 7], [1, *range(300, 311)], [1, 5], [1, 77, 88, 99, 111, 222, 333], [1, *range(1000, 1040)],
@@ -282,25 +282,35 @@ def test_a_scheduler_failure_reaches_every_caller(folder):
 
 
 def test_packed_and_plain_linears_agree():
-    """The oneDNN-packed fused layer and the plain fused one compute nn.Linear."""
+    """The oneDNN-packed fused layer and the plain fused one compute nn.Linear; ``add_to`` adds the
+    residual exactly as a separate add would."""
     torch.manual_seed(0)
     layers = [torch.nn.Linear(32, 24), torch.nn.Linear(32, 8, bias=False)]
     for rows in (1, 5):
-        x = torch.randn(rows, 32)
+        x, residual = torch.randn(rows, 32), torch.randn(rows, 32)
         expected = torch.cat([layer(x) for layer in layers], dim=-1)
         with torch.inference_mode():
             for packed_rows in (4, None):
-                assert torch.allclose(_Linear(layers, packed_rows)(x), expected, atol=1e-5)
+                linear = _Linear(layers, packed_rows)
+                assert torch.allclose(linear(x), expected, atol=1e-5)
+                assert torch.equal(linear.add_to(residual, x), residual + linear(x))
 
 
-def test_factory_builds_engines_and_explains_missing_vllm(folder):
-    engine = create_engine("hf", folder, dtype="float32", max_model_len=64, max_batch_size=2)
-    assert isinstance(engine, HFEngine)
-    asyncio.run(engine.close())
-    from reinflow.engines.vllm import EngineUnavailableError  # importable without vLLM
+def test_decode_attention_rows_do_not_depend_on_the_batch_or_the_width():
+    """A decode row's attention is bit-identical with fewer rows beside it and over more (masked)
+    columns, at the built-in model's shapes (3 KV heads of 3 queries, head_dim 64)."""
+    torch.manual_seed(0)
+    rows, heads, queries, dim = 16, 3, 3, 64
+    keys, values = torch.randn(rows, heads, 512, dim), torch.randn(rows, heads, 512, dim)
+    query = torch.randn(rows, heads, queries, dim)
+    positions = torch.randint(100, 200, (rows,))
 
-    if importlib.util.find_spec("vllm") is None:
-        with pytest.raises(EngineUnavailableError, match=r"reinflow\[gpu\]"):
-            create_engine("vllm", folder, max_model_len=64, max_batch_size=2)
-    with pytest.raises(ValueError, match="unknown engine kind"):
-        create_engine("tgi", folder, max_model_len=64, max_batch_size=2)  # type: ignore[arg-type]
+    def attend(count: int, width: int) -> torch.Tensor:
+        bias = torch.zeros(count, width).masked_fill_(torch.arange(width) > positions[:count, None], -torch.inf)
+        return _matmul_attention(query[:count], keys[:count, :, :width], values[:count, :, :width],
+                                 bias[:, None, None, :], dim**-0.5)
+
+    with torch.inference_mode():
+        full = attend(rows, 208)
+        for count, width in [(1, 208), (5, 208), (12, 208), (rows, 224), (rows, 320), (rows, 512)]:
+            assert torch.equal(attend(count, width), full[:count])
