@@ -9,10 +9,12 @@ chunks of ``HEAD_CHUNK_ROWS`` rows, and only the per-row logsumexp is kept for t
 The backward pass needs ``softmax(z)`` again. Two ways, chosen per call by size:
 
 - **kept**: when ``N * V`` fp32 fits in ``saved_bytes`` (default ``HEAD_SAVED_BYTES``), the forward
-  pass writes each chunk's probabilities into one ``[N, V]`` buffer and the backward pass uses it
-  in place: no second lm_head matmul (~5% of a full-tuning step of the built-in model);
-- **recomputed**: otherwise the backward pass recomputes each chunk's logits (one extra lm_head
-  matmul), so memory stays at one chunk.
+  pass computes all logits in one GEMM into an ``[N, V]`` buffer, turns it into probabilities
+  chunk by chunk in place, and the backward pass turns those into ``dz`` in place and takes both
+  gradients as one GEMM each: no second lm_head matmul, and no chunk-sized GEMMs that stream the
+  whole weight (and, for the weight gradient, read and write all of it) once per chunk;
+- **recomputed**: otherwise both passes go chunk by chunk and the backward pass recomputes each
+  chunk's logits (one extra lm_head matmul), so memory stays at one chunk.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def _scaled_logits(hidden: Tensor, weight: Tensor, temperature: float) -> Tensor
 
 class _HeadLogProbs(torch.autograd.Function):
     """Autograd for ``head_log_probs``: saves ``hidden``, ``weight``, ``targets``, the per-row
-    logsumexp and, when kept, the ``[N, V]`` probabilities."""
+    logsumexp and, when kept, the ``[N, V]`` probabilities (``ctx.probs``)."""
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float,
@@ -76,16 +78,17 @@ class _HeadLogProbs(torch.autograd.Function):
         rows = hidden.shape[0]
         logp, lse = hidden.new_empty(rows), hidden.new_empty(rows)
         entropy = hidden.new_empty(rows if with_entropy else 0)
-        probs = hidden.new_empty(rows, weight.shape[0]) if keep else None
+        probs = _scaled_logits(hidden, weight, temperature) if keep else None  # [N, V]: one GEMM
         for chunk in _chunks(rows):
-            z = _scaled_logits(hidden[chunk], weight, temperature)  # [C, V]
+            z = probs[chunk] if keep else _scaled_logits(hidden[chunk], weight, temperature)  # [C, V]
             lse[chunk] = torch.logsumexp(z, dim=-1)
             logp[chunk] = z.gather(1, targets[chunk, None])[:, 0] - lse[chunk]
             if with_entropy or keep:
                 log_p = z.sub_(lse[chunk, None])  # in place: z is ours
-                p = torch.exp(log_p, out=probs[chunk]) if keep else log_p.exp()
                 if with_entropy:
-                    entropy[chunk] = -(p * log_p).sum(dim=-1)
+                    entropy[chunk] = -(log_p.exp() * log_p).sum(dim=-1)
+                if keep:
+                    log_p.exp_()  # the kept buffer now holds softmax(z)
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature, ctx.probs = temperature, probs
         ctx.mark_non_differentiable(entropy)
@@ -94,23 +97,35 @@ class _HeadLogProbs(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_logp: Tensor, _grad_entropy: Tensor) -> tuple:
-        """``d logp / d z = onehot(target) - softmax(z)``; ``z = hidden @ weight.T / τ``."""
+        """``d logp / d z = onehot(target) - softmax(z)``; ``z = hidden @ weight.T / τ``. Kept
+        probabilities become ``dz`` in place, then one GEMM per gradient; otherwise chunk by chunk."""
         hidden, weight, targets, lse = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[:2]
+        kept = ctx.probs is not None
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros_like(weight) if need_weight else None
+        grad_weight = torch.zeros_like(weight) if need_weight and not kept else None
         for chunk in _chunks(hidden.shape[0]):
-            g = grad_logp[chunk, None]  # [C, 1]
-            dz = _softmax(ctx, hidden, weight, lse, chunk).mul_(-g)  # -softmax * g
-            dz.scatter_add_(1, targets[chunk, None], g)
-            if ctx.temperature != 1.0:
-                dz.div_(ctx.temperature)
-            if need_hidden:
-                grad_hidden[chunk] = dz @ weight
-            if need_weight:
-                grad_weight.addmm_(dz.T, hidden[chunk])
+            dz = _logit_grad(ctx, hidden, weight, lse, targets, grad_logp, chunk)  # [C, V]
+            if not kept:
+                if need_hidden:
+                    grad_hidden[chunk] = dz @ weight
+                if need_weight:
+                    grad_weight.addmm_(dz.T, hidden[chunk])
+        if kept:
+            grad_hidden = ctx.probs @ weight if need_hidden else None
+            grad_weight = ctx.probs.T @ hidden if need_weight else None
         ctx.probs = None
         return grad_hidden, grad_weight, None, None, None, None
+
+
+def _logit_grad(ctx, hidden: Tensor, weight: Tensor, lse: Tensor, targets: Tensor, grad_logp: Tensor,
+                chunk: slice) -> Tensor:
+    """``d loss / d z`` of a chunk, ``[C, V]``: ``(onehot(target) - softmax(z)) * g / τ``, written
+    over the kept probabilities (or into recomputed logits)."""
+    g = grad_logp[chunk, None]  # [C, 1]
+    dz = _softmax(ctx, hidden, weight, lse, chunk).mul_(-g)
+    dz.scatter_add_(1, targets[chunk, None], g)
+    return dz if ctx.temperature == 1.0 else dz.div_(ctx.temperature)
 
 
 def _softmax(ctx, hidden: Tensor, weight: Tensor, lse: Tensor, chunk: slice) -> Tensor:
@@ -118,3 +133,4 @@ def _softmax(ctx, hidden: Tensor, weight: Tensor, lse: Tensor, chunk: slice) -> 
     if ctx.probs is not None:
         return ctx.probs[chunk]
     return _scaled_logits(hidden[chunk], weight, ctx.temperature).sub_(lse[chunk, None]).exp_()
+

@@ -66,7 +66,7 @@ class PackedLinear(nn.Linear):
         """Snapshot the current weight into both packed layouts."""
         weight = self.weight.detach()
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, self.rows)
-        self.packed_transposed = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), self.rows)
+        self.packed_transposed = torch.ops.mkldnn._reorder_linear_weight(weight.t(), self.rows)
 
     def forward(self, x: Tensor) -> Tensor:
         return _PackedLinearFunction.apply(x, self.weight, self.bias, self)
