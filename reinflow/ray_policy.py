@@ -465,23 +465,12 @@ class RayPolicyGroup:
     def _call(self, refs: list, what: str, timeout_s: float | None) -> list:
         """Wait for every ref; the first lost worker (or the timeout) raises ``RayWorkerLost`` at
         once, without waiting for the other ranks."""
-        import ray
-
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        results: dict[int, Any] = {}
-        pending = list(refs)
-        while pending:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
-            if not ready:
-                ranks = [refs.index(ref) for ref in pending]
-                raise RayWorkerLost(self._fail(f"{what}: no answer from policy worker(s) {ranks} within {timeout_s} s"))
-            index = refs.index(ready[0])
-            try:
-                results[index] = ray.get(ready[0])
-            except _lost_errors() as error:
-                raise RayWorkerLost(self._fail(self._lost(what, index, error))) from error
-        return [results[i] for i in range(len(refs))]
+        return wait_for_all(
+            refs, timeout_s,
+            on_timeout=lambda ranks: RayWorkerLost(
+                self._fail(f"{what}: no answer from policy worker(s) {ranks} within {timeout_s} s")),
+            on_lost=lambda index, error: RayWorkerLost(self._fail(self._lost(what, index, error))),
+        )
 
 
 def _release(handles: dict[str, Any]) -> None:
@@ -509,6 +498,35 @@ def _release(handles: dict[str, Any]) -> None:
 _PG_TIMEOUT_S = 1800.0
 """torch.distributed collective timeout: a rank waits this long for the others in an all-reduce
 (a slow rank's compute counts, so it is generous; a *dead* rank is detected by the driver)."""
+
+
+def wait_for_all(refs: list, timeout_s: float | None, *, on_timeout: Callable[[list[int]], Exception],
+                 on_lost: Callable[[int, BaseException], Exception],
+                 on_task_error: Callable[[int, BaseException], Exception] | None = None) -> list:
+    """Every ref's result, in order, failing fast: when ``timeout_s`` passes with refs pending,
+    ``on_timeout(their indices)`` is raised; when an actor behind a ref is lost (``_lost_errors``),
+    ``on_lost(index, error)``; when the remote call raised, ``on_task_error(index, error)`` (or the
+    ``RayTaskError`` itself). The other refs are not waited for."""
+    import ray
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    results: dict[int, Any] = {}
+    pending = list(refs)
+    while pending:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
+        if not ready:
+            raise on_timeout([refs.index(ref) for ref in pending])
+        index = refs.index(ready[0])
+        try:
+            results[index] = ray.get(ready[0])
+        except _lost_errors() as error:
+            raise on_lost(index, error) from error
+        except ray.exceptions.RayTaskError as error:
+            if on_task_error is None:
+                raise
+            raise on_task_error(index, error) from None
+    return [results[i] for i in range(len(refs))]
 
 
 def _lost_errors() -> tuple[type[BaseException], ...]:

@@ -70,6 +70,7 @@ from reinflow.ray_policy import (
     _release,
     _to_numpy,
     init_ray,
+    wait_for_all,
 )
 
 if TYPE_CHECKING:
@@ -352,25 +353,13 @@ class RayEngineReplicas:
     def _wait(self, refs: list, what: str, timeout_s: float | None) -> list:
         """Every ref's result, in order; a lost replica (or the timeout) raises ``EngineReplicaLost``
         at once, without waiting for the others."""
-        import ray
-
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        results: dict[int, Any] = {}
-        pending = list(refs)
-        while pending:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
-            if not ready:
-                late = [refs.index(ref) for ref in pending]
-                raise EngineReplicaLost(self._fail(f"{what}: no answer from engine replica(s) {late} within {timeout_s} s"))
-            index = refs.index(ready[0])
-            try:
-                results[index] = ray.get(ready[0])
-            except _lost_errors() as error:
-                raise EngineReplicaLost(self._fail(self._lost(what, index, error))) from error
-            except ray.exceptions.RayTaskError as error:
-                raise self._task_error(what, index, error) from None
-        return [results[i] for i in range(len(refs))]
+        return wait_for_all(
+            refs, timeout_s,
+            on_timeout=lambda late: EngineReplicaLost(
+                self._fail(f"{what}: no answer from engine replica(s) {late} within {timeout_s} s")),
+            on_lost=lambda index, error: EngineReplicaLost(self._fail(self._lost(what, index, error))),
+            on_task_error=lambda index, error: self._task_error(what, index, error),
+        )
 
     def _shutdown_ray(self) -> None:
         import ray
