@@ -453,10 +453,7 @@ class RayPolicyGroup:
 
     def _lost(self, what: str, index: int, error: BaseException) -> str:
         """One line naming the dead worker (rank, pid, node) and the first line of Ray's report."""
-        node = self.nodes[index] if index < len(self.nodes) else {}
-        where = f" (pid {node['pid']} on {node['ip']})" if node else ""
-        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        return f"{what}: policy worker {index} of {self.workers}{where} was lost: {first}"
+        return lost_actor_line(what, f"policy worker {index} of {self.workers}", self.nodes, index, error)
 
     def _check(self) -> None:
         if self._broken is not None:
@@ -527,6 +524,15 @@ def wait_for_all(refs: list, timeout_s: float | None, *, on_timeout: Callable[[l
                 raise
             raise on_task_error(index, error) from None
     return [results[i] for i in range(len(refs))]
+
+
+def lost_actor_line(what: str, actor: str, nodes: list[dict[str, Any]], index: int, error: BaseException) -> str:
+    """``"<what>: <actor> (pid P on IP) was lost: <first line of Ray's report>"``; the pid and node
+    come from ``nodes[index]`` when the actor got as far as reporting them."""
+    node = nodes[index] if index < len(nodes) else {}
+    where = f" (pid {node['pid']} on {node['ip']})" if node else ""
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return f"{what}: {actor}{where} was lost: {first}"
 
 
 def _lost_errors() -> tuple[type[BaseException], ...]:

@@ -70,6 +70,7 @@ from reinflow.ray_policy import (
     _release,
     _to_numpy,
     init_ray,
+    lost_actor_line,
     wait_for_all,
 )
 
@@ -337,10 +338,7 @@ class RayEngineReplicas:
 
     def _lost(self, what: str, index: int, error: BaseException) -> str:
         """One line naming the dead replica (index, pid, node) and the first line of Ray's report."""
-        node = self.nodes[index] if index < len(self.nodes) else {}
-        where = f" (pid {node['pid']} on {node['ip']})" if node else ""
-        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        return f"{what}: engine replica {index} of {self.replicas}{where} was lost: {first}"
+        return lost_actor_line(what, f"engine replica {index} of {self.replicas}", self.nodes, index, error)
 
     def _task_error(self, what: str, index: int, error: BaseException) -> BaseException:
         """The exception a replica's call raised, as the caller should see it: the engine's own failure
