@@ -15,6 +15,11 @@ The backward pass needs ``softmax(z)`` again. Two ways, chosen per call by size:
   whole weight (and, for the weight gradient, read and write all of it) once per chunk;
 - **recomputed**: otherwise both passes go chunk by chunk and the backward pass recomputes each
   chunk's logits (one extra lm_head matmul), so memory stays at one chunk.
+
+The temperature divides the ``[N, H]`` hidden states, not the ``[N, V]`` logits (a pass over 49k
+columns saved; the gradients scale alike), and each chunk's log-probabilities, probabilities and
+entropy come from one ``log_softmax`` and one ``exp`` (the entropy ``-Σ p log p`` as a batched dot
+product, no ``[C, V]`` product temporary).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from reinflow.packed_linear import packed_matmul
 
 HEAD_CHUNK_ROWS = 128
 """Rows of lm_head output computed at once. ``[128, V]`` fp32 is 25 MB for V = 49k: below glibc's
@@ -35,7 +42,8 @@ HEAD_SAVED_BYTES = 1 << 30
 
 
 def head_log_probs(hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float,
-                   with_entropy: bool, saved_bytes: int = HEAD_SAVED_BYTES) -> tuple[Tensor, Tensor]:
+                   with_entropy: bool, saved_bytes: int = HEAD_SAVED_BYTES,
+                   packed_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``log softmax(hidden @ weight.T / τ)[target]`` per row, and the entropy of that softmax.
 
     Args:
@@ -45,6 +53,8 @@ def head_log_probs(hidden: Tensor, weight: Tensor, targets: Tensor, temperature:
         with_entropy: compute the entropy too (else an empty tensor is returned for it).
         saved_bytes: keep the ``[N, V]`` probabilities for the backward pass when they fit in this
             many bytes, else recompute the logits there (see the module docstring).
+        packed_weight: ``weight`` packed for oneDNN (``PackedLinear.packed``, same values), used
+            for the logit GEMMs; ``None``: plain matmuls.
 
     Returns:
         ``(logp [N], entropy [N] or [0])``; ``logp`` is differentiable in ``hidden`` and ``weight``
@@ -55,82 +65,74 @@ def head_log_probs(hidden: Tensor, weight: Tensor, targets: Tensor, temperature:
         raise ValueError(f"temperature must be > 0 to score tokens, got {temperature}")
     keep = hidden.requires_grad or weight.requires_grad
     keep = keep and hidden.shape[0] * weight.shape[0] * 4 <= saved_bytes
-    return _HeadLogProbs.apply(hidden, weight, targets, float(temperature), with_entropy, keep)
+    return _HeadLogProbs.apply(hidden, weight, targets, float(temperature), with_entropy, keep, packed_weight)
 
 
 def _chunks(rows: int) -> list[slice]:
     return [slice(start, min(start + HEAD_CHUNK_ROWS, rows)) for start in range(0, rows, HEAD_CHUNK_ROWS)]
 
 
-def _scaled_logits(hidden: Tensor, weight: Tensor, temperature: float) -> Tensor:
-    """``hidden [C, H] @ weight.T / τ`` → ``[C, V]`` fp32."""
-    logits = hidden @ weight.T
-    return logits if temperature == 1.0 else logits.div_(temperature)
+def _logits(scaled_hidden: Tensor, weight: Tensor, packed_weight: Tensor | None) -> Tensor:
+    """``z = scaled_hidden [C, H] @ weight.T`` → ``[C, V]`` fp32 (the temperature is in the hidden)."""
+    return scaled_hidden @ weight.T if packed_weight is None else packed_matmul(scaled_hidden, packed_weight)
 
 
 class _HeadLogProbs(torch.autograd.Function):
-    """Autograd for ``head_log_probs``: saves ``hidden``, ``weight``, ``targets``, the per-row
+    """Autograd for ``head_log_probs``: saves ``hidden / τ``, ``weight``, ``targets``, the per-row
     logsumexp and, when kept, the ``[N, V]`` probabilities (``ctx.probs``)."""
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float,
-                with_entropy: bool, keep: bool) -> tuple[Tensor, Tensor]:
+                with_entropy: bool, keep: bool, packed_weight: Tensor | None) -> tuple[Tensor, Tensor]:
         rows = hidden.shape[0]
+        scaled = hidden if temperature == 1.0 else hidden / temperature  # [N, H]: z = scaled @ W.T
         logp, lse = hidden.new_empty(rows), hidden.new_empty(rows)
         entropy = hidden.new_empty(rows if with_entropy else 0)
-        probs = _scaled_logits(hidden, weight, temperature) if keep else None  # [N, V]: one GEMM
+        probs = _logits(scaled, weight, packed_weight) if keep else None  # [N, V]: one GEMM
         for chunk in _chunks(rows):
-            z = probs[chunk] if keep else _scaled_logits(hidden[chunk], weight, temperature)  # [C, V]
-            lse[chunk] = torch.logsumexp(z, dim=-1)
-            logp[chunk] = z.gather(1, targets[chunk, None])[:, 0] - lse[chunk]
+            z = probs[chunk] if keep else _logits(scaled[chunk], weight, packed_weight)  # [C, V]
+            log_p = torch.log_softmax(z, dim=-1)
+            logp[chunk] = log_p.gather(1, targets[chunk, None])[:, 0]
+            lse[chunk] = z.gather(1, targets[chunk, None])[:, 0] - logp[chunk]
             if with_entropy or keep:
-                log_p = z.sub_(lse[chunk, None])  # in place: z is ours
+                p = torch.exp(log_p, out=z)  # z is ours; a kept chunk now holds softmax(z)
                 if with_entropy:
-                    entropy[chunk] = -(log_p.exp() * log_p).sum(dim=-1)
-                if keep:
-                    log_p.exp_()  # the kept buffer now holds softmax(z)
-        ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.temperature, ctx.probs = temperature, probs
+                    entropy[chunk] = -torch.bmm(p[:, None, :], log_p[:, :, None])[:, 0, 0]  # -Σ p log p
+        ctx.save_for_backward(scaled, weight, targets, lse)
+        ctx.temperature, ctx.probs, ctx.packed_weight = temperature, probs, packed_weight
         ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_logp: Tensor, _grad_entropy: Tensor) -> tuple:
-        """``d logp / d z = onehot(target) - softmax(z)``; ``z = hidden @ weight.T / τ``. Kept
-        probabilities become ``dz`` in place, then one GEMM per gradient; otherwise chunk by chunk."""
-        hidden, weight, targets, lse = ctx.saved_tensors
+        """``d logp / d z = onehot(target) - softmax(z)``; ``z = (hidden / τ) @ weight.T``. Kept
+        probabilities become ``dL/dz`` in place, then one GEMM per gradient; otherwise chunk by
+        chunk. ``dL/d hidden = dL/dz @ weight / τ``, ``dL/d weight = dL/dz.T @ (hidden / τ)``."""
+        scaled, weight, targets, lse = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[:2]
-        kept = ctx.probs is not None
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros_like(weight) if need_weight and not kept else None
-        for chunk in _chunks(hidden.shape[0]):
-            dz = _logit_grad(ctx, hidden, weight, lse, targets, grad_logp, chunk)  # [C, V]
-            if not kept:
+        grad_hidden = grad_weight = None
+        if ctx.probs is not None:
+            dz = _logit_grad(ctx.probs, targets, grad_logp)
+            grad_hidden = dz @ weight if need_hidden else None
+            grad_weight = dz.T @ scaled if need_weight else None
+        else:
+            grad_hidden = torch.empty_like(scaled) if need_hidden else None
+            grad_weight = torch.zeros_like(weight) if need_weight else None
+            for chunk in _chunks(scaled.shape[0]):
+                probs = _logits(scaled[chunk], weight, ctx.packed_weight).sub_(lse[chunk, None]).exp_()
+                dz = _logit_grad(probs, targets[chunk], grad_logp[chunk])  # [C, V]
                 if need_hidden:
-                    grad_hidden[chunk] = dz @ weight
+                    torch.mm(dz, weight, out=grad_hidden[chunk])
                 if need_weight:
-                    grad_weight.addmm_(dz.T, hidden[chunk])
-        if kept:
-            grad_hidden = ctx.probs @ weight if need_hidden else None
-            grad_weight = ctx.probs.T @ hidden if need_weight else None
-        ctx.probs = None
-        return grad_hidden, grad_weight, None, None, None, None
+                    grad_weight.addmm_(dz.T, scaled[chunk])
+        ctx.probs = ctx.packed_weight = None
+        if grad_hidden is not None and ctx.temperature != 1.0:
+            grad_hidden.div_(ctx.temperature)
+        return grad_hidden, grad_weight, None, None, None, None, None
 
 
-def _logit_grad(ctx, hidden: Tensor, weight: Tensor, lse: Tensor, targets: Tensor, grad_logp: Tensor,
-                chunk: slice) -> Tensor:
-    """``d loss / d z`` of a chunk, ``[C, V]``: ``(onehot(target) - softmax(z)) * g / τ``, written
-    over the kept probabilities (or into recomputed logits)."""
-    g = grad_logp[chunk, None]  # [C, 1]
-    dz = _softmax(ctx, hidden, weight, lse, chunk).mul_(-g)
-    dz.scatter_add_(1, targets[chunk, None], g)
-    return dz if ctx.temperature == 1.0 else dz.div_(ctx.temperature)
-
-
-def _softmax(ctx, hidden: Tensor, weight: Tensor, lse: Tensor, chunk: slice) -> Tensor:
-    """``softmax(z)`` of a chunk, ``[C, V]``, ours to modify: the kept buffer's rows or recomputed."""
-    if ctx.probs is not None:
-        return ctx.probs[chunk]
-    return _scaled_logits(hidden[chunk], weight, ctx.temperature).sub_(lse[chunk, None]).exp_()
-
+def _logit_grad(probs: Tensor, targets: Tensor, grad_logp: Tensor) -> Tensor:
+    """``dL/dz = (onehot(target) - softmax(z)) * g`` written over ``probs [C, V]`` (ours to modify)."""
+    g = grad_logp[:, None]  # [C, 1]
+    return probs.mul_(-g).scatter_add_(1, targets[:, None], g)

@@ -8,6 +8,10 @@ twice: ``W`` for the forward pass ``y = x @ W.T + b`` and ``W.T`` for the backwa
 ``dx = dy @ W``; the weight gradient ``dW = dy.T @ x`` stays a plain matmul (both operands change
 every step).
 
+A layer packed ``forward_only`` (the lm_head, whose input gradient is a GEMM with a 49k-long
+reduction that packing does not speed up) keeps only ``W`` packed; its ``dx`` is a plain matmul.
+`packed_matmul` runs the packed forward GEMM on its own (``head_log_probs`` uses it).
+
 The packed copies are snapshots: after changing the weights in place (an optimizer step, loading a
 checkpoint, a broadcast) call `repack`, which re-packs the layers whose weight requires a gradient
 (frozen ones, e.g. LoRA's base, never change). Memory: one more copy of the packed layers' weights
@@ -32,15 +36,16 @@ def supported(model: nn.Module) -> bool:
     return weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
 
 
-def pack_linears(model: nn.Module, rows: int, skip: nn.Module | None = None) -> list[PackedLinear]:
-    """Turn every ``nn.Linear`` of ``model`` (except ``skip`` and narrow layers) into a `PackedLinear`
-    packed for about ``rows`` input rows; returns them (pass them to `repack`)."""
+def pack_linears(model: nn.Module, rows: int, forward_only: nn.Module | None = None) -> list[PackedLinear]:
+    """Turn every wide ``nn.Linear`` of ``model`` into a `PackedLinear` packed for about ``rows``
+    input rows (``forward_only``: that layer without the transposed copy); returns them (pass them
+    to `repack`)."""
     packed = []
     for module in model.modules():
         wide = min(getattr(module, "in_features", 0), getattr(module, "out_features", 0)) >= MIN_PACKED_FEATURES
-        if type(module) is nn.Linear and module is not skip and wide:
+        if type(module) is nn.Linear and wide:
             module.__class__ = PackedLinear
-            module.rows = rows
+            module.rows, module.transposed = rows, module is not forward_only
             module.pack()
             packed.append(module)
     return packed
@@ -58,21 +63,25 @@ class PackedLinear(nn.Linear):
     Created from an ``nn.Linear`` by `pack_linears`; its parameters and state dict are unchanged."""
 
     rows: int
+    transposed: bool
     packed: Tensor
-    packed_transposed: Tensor
+    packed_transposed: Tensor | None
 
     @torch.no_grad()
     def pack(self) -> None:
-        """Snapshot the current weight into both packed layouts."""
+        """Snapshot the current weight into the packed layouts (``W``, and ``W.T`` if ``transposed``)."""
         weight = self.weight.detach()
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, self.rows)
-        self.packed_transposed = torch.ops.mkldnn._reorder_linear_weight(weight.t(), self.rows)
+        self.packed_transposed = (
+            torch.ops.mkldnn._reorder_linear_weight(weight.t(), self.rows) if self.transposed else None
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return _PackedLinearFunction.apply(x, self.weight, self.bias, self)
 
 
-def _onednn_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
+def packed_matmul(x: Tensor, packed: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ W.T (+ bias)`` with oneDNN on ``packed`` = a `PackedLinear`'s ``packed`` (its ``W``)."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
@@ -81,16 +90,19 @@ class _PackedLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, layer: PackedLinear) -> Tensor:
-        ctx.save_for_backward(x)
+        ctx.save_for_backward(x, weight)
         ctx.packed_transposed = layer.packed_transposed
-        return _onednn_linear(x, layer.packed, bias)
+        return packed_matmul(x, layer.packed, bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple:
-        (x,) = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-        grad_x = _onednn_linear(grad, ctx.packed_transposed, None) if need_x else None
+        grad_x = None
+        if need_x:
+            packed = ctx.packed_transposed
+            grad_x = grad @ weight if packed is None else packed_matmul(grad, packed)
         flat_grad = grad.reshape(-1, grad.shape[-1])
         grad_weight = flat_grad.t() @ x.reshape(-1, x.shape[-1]) if need_weight else None
         grad_bias = flat_grad.sum(0) if need_bias else None

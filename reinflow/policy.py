@@ -21,9 +21,10 @@ scheduler in memory between iterations. One ``train_step`` is one iteration's up
    and gradients sum to the full-batch ones), backward. Then ``_reduce_gradients`` (all-reduce
    SUM over ranks), clip to ``max_grad_norm``, AdamW step (fused), re-pack the packed linear
    layers. Metrics are averaged over epochs (``entropy``: epoch 0's, the policy that sampled).
-   On CPU in fp32 every ``nn.Linear`` but the lm_head runs on oneDNN-packed weights
-   (``reinflow.packed_linear``); the trainer re-packs them after every in-place weight change
-   (optimizer step, ``load_state``, the initial broadcast).
+   On CPU in fp32 every ``nn.Linear`` runs on oneDNN-packed weights (``reinflow.packed_linear``;
+   the lm_head's forward GEMM only); the trainer re-packs them after every in-place weight change
+   (optimizer step, ``load_state``, the initial broadcast). RMSNorms of the Llama/Qwen form run
+   as one autograd node with a hand-written backward (``reinflow.fused_rms_norm``).
 3. The LR scheduler steps **once per iteration** (per ``train_step``), not per optimizer step:
    ``warmup_iterations`` counts iterations, and the epochs of one batch share one LR.
    ``lr(i) = lr * min(1, (i + 1) / (warmup_iterations + 1))`` for the ``i``-th iteration (0-based).
@@ -58,6 +59,7 @@ from torch import Tensor, nn
 
 from reinflow import grpo
 from reinflow.config import ExperimentConfig, LoraTuning
+from reinflow.fused_rms_norm import fuse_rms_norms
 from reinflow.head_log_probs import head_log_probs
 from reinflow.packed_linear import pack_linears, repack, supported
 from reinflow.train_batch import TrainSample, batch_normalizer, micro_batches
@@ -113,7 +115,8 @@ class PolicyTrainer:
                 "supported: remove 'lm_head' from model.tuning.target_modules"
             )
         self.model.train()
-        self._packed = pack_linears(self.model, self.train.micro_batch_tokens, skip=head) if supported(self.model) else []
+        fuse_rms_norms(self.model)
+        self._packed = pack_linears(self.model, self.train.micro_batch_tokens, forward_only=head) if supported(self.model) else []
         self.parameters = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(  # fused: one kernel for all tensors, ~4x faster on CPU
             list(self.parameters.values()), lr=self.train.lr, weight_decay=self.train.weight_decay, fused=True
@@ -264,7 +267,8 @@ class PolicyTrainer:
         selected = hidden[:, :-1][mb.loss_mask]  # [N, H]
         head = model.get_output_embeddings()
         token_logp, token_entropy = head_log_probs(
-            selected, head.weight, mb.targets[mb.loss_mask], self.temperature, with_entropy
+            selected, head.weight, mb.targets[mb.loss_mask], self.temperature, with_entropy,
+            packed_weight=getattr(head, "packed", None),  # a PackedLinear's: the forward GEMM on oneDNN
         )
         logp = torch.zeros(mb.loss_mask.shape, dtype=torch.float32, device=self.device)
         logp = logp.masked_scatter(mb.loss_mask, token_logp)

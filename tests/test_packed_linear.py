@@ -18,18 +18,20 @@ from tests.test_policy import make_config
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 
 
-def _pair(bias: bool) -> tuple[nn.Linear, nn.Linear]:
+def _pair(bias: bool, forward_only: bool = False) -> tuple[nn.Linear, nn.Linear]:
     torch.manual_seed(0)
     plain = nn.Linear(96, 160, bias=bias)
     packed = copy.deepcopy(plain)
-    pack_linears(nn.Sequential(packed), rows=32)
+    pack_linears(nn.Sequential(packed), rows=32, forward_only=packed if forward_only else None)
     return plain, packed
 
 
+@pytest.mark.parametrize("forward_only", [False, True], ids=["both-packed", "forward-only"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_values_and_gradients_equal_nn_linear(bias):
-    plain, packed = _pair(bias)
+def test_values_and_gradients_equal_nn_linear(bias, forward_only):
+    plain, packed = _pair(bias, forward_only)
     assert isinstance(packed, PackedLinear)
+    assert (packed.packed_transposed is None) == forward_only
     x = torch.randn(3, 11, 96, requires_grad=True)
     x_copy = x.detach().clone().requires_grad_(True)
     upstream = torch.randn(3, 11, 160)
@@ -43,12 +45,13 @@ def test_values_and_gradients_equal_nn_linear(bias):
         torch.testing.assert_close(packed.bias.grad, plain.bias.grad, atol=1e-4, rtol=1e-5)
 
 
-def test_narrow_and_skipped_layers_stay_plain_and_state_dicts_keep_their_keys():
+def test_narrow_layers_stay_plain_and_state_dicts_keep_their_keys():
     model = nn.Sequential(nn.Linear(96, 96), nn.Linear(96, 8), nn.Linear(8, 96), nn.Linear(96, 96))
     keys = list(model.state_dict())
-    packed = pack_linears(model, rows=16, skip=model[3])
-    assert packed == [model[0]]
-    assert [type(m) for m in model] == [PackedLinear, nn.Linear, nn.Linear, nn.Linear]
+    packed = pack_linears(model, rows=16, forward_only=model[3])
+    assert packed == [model[0], model[3]]
+    assert [type(m) for m in model] == [PackedLinear, nn.Linear, nn.Linear, PackedLinear]
+    assert model[0].packed_transposed is not None and model[3].packed_transposed is None
     assert list(model.state_dict()) == keys
 
 
@@ -83,7 +86,8 @@ def test_the_trainer_packs_its_linears_and_repacks_after_each_step(folder):
     trainer = PolicyTrainer(config, folder, device="cpu")
     layers = [m for m in trainer.model.modules() if isinstance(m, PackedLinear)]
     assert supported(trainer.model) and layers
-    assert trainer.model.get_output_embeddings() not in layers
+    head = trainer.model.get_output_embeddings()
+    assert head in layers and head.packed_transposed is None  # the lm_head: forward GEMM only
     samples = [TrainSample([1, 5, 9, 13, 2], [0, 0, 1, 1, 1], [0.0, 0.0, -1.0, -1.0, -1.0], sign, f"t#{k}")
                for k, sign in enumerate((1.0, -1.0))]
     before = layers[0].weight.detach().clone()
