@@ -111,7 +111,6 @@ class _HeadLogProbs(torch.autograd.Function):
         chunk. ``dL/d hidden = dL/dz @ weight / τ``, ``dL/d weight = dL/dz.T @ (hidden / τ)``."""
         scaled, weight, targets, lse = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[:2]
-        grad_hidden = grad_weight = None
         if ctx.probs is not None:
             dz = _logit_grad(ctx.probs, targets, grad_logp)
             grad_hidden = dz @ weight if need_hidden else None
