@@ -259,8 +259,8 @@ class PolicyTrainer:
 
     def _logp(self, model: nn.Module, mb: _MicroBatch, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
         """``(logp [B, L-1], entropy [B, L-1] | None)`` of the targets at the sampling temperature;
-        0 at untrained positions. The lm_head runs only on the ``N`` trained positions, in row
-        chunks (``head_log_probs``): no ``[N, V]`` logits are kept."""
+        0 at untrained positions. The lm_head runs only on the ``N`` trained positions
+        (``head_log_probs``: the ``[N, V]`` probabilities are kept only when they fit its budget)."""
         hidden = model.get_decoder()(
             input_ids=mb.input_ids, attention_mask=mb.attention_mask, use_cache=False
         ).last_hidden_state  # [B, L, H]
