@@ -115,7 +115,7 @@ async def run_streams(engine: HFEngine, streams: list[list[Request]]) -> Result:
 def linear_floor(model, rows: int, passes: int) -> float:
     """Best time (s) of one pass of a ``rows``-row input through every nn.Linear (lm_head included)."""
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    return best_pass([(m, m.in_features) for m in linears], rows, passes)
+    return best_pass([(m, m.in_features) for m in linears], rows, passes, model.lm_head.weight)
 
 
 def engine_floor(engine: HFEngine, rows: int, passes: int) -> float:
@@ -125,26 +125,34 @@ def engine_floor(engine: HFEngine, rows: int, passes: int) -> float:
     intermediate = engine.model.config.intermediate_size
     linears = [(getattr(layer, name), intermediate if name == "down" else hidden)
                for layer in decoder.layers for name in ("qkv", "o", "gate_up", "down")]
-    return best_pass(linears + [(decoder.lm_head, hidden)], rows, passes)
+    return best_pass(linears + [(decoder.lm_head, hidden)], rows, passes, engine.model.lm_head.weight)
 
 
-def best_pass(linears: list, rows: int, passes: int) -> float:
-    """Best time (s) of calling every ``(linear, in_features)`` on a ``rows``-row input."""
-    inputs = {width: torch.randn(rows, width) for _, width in linears}
+def best_pass(linears: list, rows: int, passes: int, like: torch.Tensor) -> float:
+    """Best time (s) of calling every ``(linear, in_features)`` on a ``rows``-row input (of ``like``'s
+    device and dtype)."""
+    inputs = {width: torch.randn(rows, width, device=like.device, dtype=like.dtype) for _, width in linears}
     best = float("inf")
     with torch.inference_mode():
         for _ in range(passes + 1):
             started = time.perf_counter()
             for linear, width in linears:
                 linear(inputs[width])
+            _synchronize(like.device)
             best = min(best, time.perf_counter() - started)
     return best
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def plain_generate(model, tokenizer, requests: list[Request]) -> Result:
     """One left-padded ``model.generate`` batch; counts each row's tokens up to its own budget/EOS."""
     tokenizer.padding_side = "left"
-    batch = tokenizer.pad({"input_ids": [r.prompt_ids for r in requests]}, return_tensors="pt")
+    batch = tokenizer.pad({"input_ids": [r.prompt_ids for r in requests]}, return_tensors="pt").to(model.device)
     torch.manual_seed(0)
     started = time.perf_counter()
     with torch.inference_mode():
@@ -233,7 +241,7 @@ async def measure(folder: Path, model, tokenizer, streams: list[list[Request]], 
     and the best pass time (s) through the engine's own linear layers."""
     first = [s[0] for s in streams]
     rows = len(streams)
-    engine = HFEngine(folder, dtype="float32", max_model_len=2048, max_batch_size=rows)
+    engine = HFEngine(folder, dtype=model.dtype, max_model_len=2048, max_batch_size=rows, device=model.device)
     await engine.generate(first[0].prompt_ids, SamplingParams(max_new_tokens=4, temperature=1.0, top_p=1.0))
     modes = {
         "streams": lambda: engine_mode(engine, streams),
@@ -274,16 +282,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="each mode runs once a round; the best round counts")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--floor-passes", type=int, default=5)
+    parser.add_argument("--model", default=SMOLLM2, help="a built-in name or a model folder")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    folder = resolve_model(SMOLLM2)
+    folder = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     requests = make_requests(tokenizer, args.streams * args.requests_per_stream, seed=0)
     streams = [requests[i :: args.streams] for i in range(args.streams)]
-    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+    gpu = f", GPU {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs{gpu}, torch threads {torch.get_num_threads()}, "
           f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, torch {torch.__version__}; "
           f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.dtype)).to(args.device).eval()
     samples, own_floor = asyncio.run(measure(folder, model, tokenizer, streams, args.rounds, args.floor_passes))
     print(f"load average after: {os.getloadavg()[0]:.2f} (other processes on this machine disturb the timings)")
     print_table(samples, own_floor, args.streams)

@@ -57,7 +57,7 @@ def toy_batch() -> list[TrainSample]:
 
 def logp_of(trainer: PolicyTrainer, prefix: list[int], token: int) -> float:
     with torch.no_grad():
-        logits = trainer.model(torch.tensor([prefix])).logits[0, -1]
+        logits = trainer.model(torch.tensor([prefix], device=trainer.device)).logits[0, -1]
     return torch.log_softmax(logits, -1)[token].item()
 
 
@@ -67,9 +67,9 @@ def test_logp_uses_the_shifted_targets_and_ignores_padding(folder):
     short = TrainSample(ids, [0, 0, 0, 1, 0, 1], [0.0] * 6, 1.0, "a")
     long = TrainSample(list(range(1, 15)), [0] * 7 + [1] * 7, [0.0] * 14, 1.0, "b")
     mb = trainer._collate([long, short])  # ``short`` is right-padded
-    logp, entropy = trainer._logp(trainer.model, mb, with_entropy=True)
+    logp, entropy = (t.cpu() for t in trainer._logp(trainer.model, mb, with_entropy=True))
     with torch.no_grad():
-        full = torch.log_softmax(trainer.model(torch.tensor([ids])).logits[0] / 0.7, -1)  # [6, V]
+        full = torch.log_softmax(trainer.model(torch.tensor([ids], device=trainer.device)).logits[0] / 0.7, -1).cpu()
     # logits at position t-1 score token t; trained tokens are t = 3 and t = 5
     expected = torch.zeros(5)
     expected[2], expected[4] = full[2, ids[3]], full[4, ids[5]]
@@ -193,9 +193,9 @@ def test_lora_engine_weights_give_the_trainers_logits(folder):
     for _ in range(2):
         trainer.train_step(toy_batch())
     adapter = {n: p.detach().clone() for n, p in trainer.parameters.items()}
-    plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(trainer.device).eval()
     plain.load_state_dict(trainer.engine_weights(), strict=True)
-    ids = torch.tensor([PROMPT + [7, 8, 9, FAVOURED]])
+    ids = torch.tensor([PROMPT + [7, 8, 9, FAVOURED]], device=trainer.device)
     with torch.no_grad():
         expected = trainer.model.eval()(ids).logits
         torch.testing.assert_close(plain(ids).logits, expected, atol=1e-5, rtol=1e-5)

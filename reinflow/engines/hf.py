@@ -42,7 +42,9 @@ forward pass over prompt + output (``tests/test_hf_engine.py`` bounds the differ
 Reproducibility: on CPU a row's logits, logprobs and seeded samples are bit-identical whatever else
 is in the batch (oneDNN's GEMM rows do not depend on the row count, decode attention spans a fixed
 multiple of columns and its matmuls' rows do not depend on the thread computing them, the sampler's
-normaliser is a per-row scan); only a reused prefix may change the last bits.
+normaliser is a per-row scan); only a reused prefix may change the last bits. On a GPU the GEMM
+kernels change with the row count, so a row's last bits (and, rarely, a sampled token) may depend
+on its batch.
 
 Weights: ``load_weights`` copies new weights into the model, re-packs them and forgets the parked
 rows; it refuses while any request is in flight (`EngineBusyError`): a rollout stage awaits all
