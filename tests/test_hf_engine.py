@@ -17,7 +17,8 @@ from transformers import AutoModelForCausalLM
 
 from reinflow.engines.base import Generation, SamplingParams
 from reinflow.engines.factory import create_engine
-from reinflow.engines.hf import EngineBusyError, EngineClosedError, HFEngine, _Linear, _matmul_attention
+from reinflow.engines.hf import EngineBusyError, EngineClosedError, HFEngine
+from reinflow.engines.packed_decoder import FusedLinear, matmul_attention
 from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
 
 PROMPTS = [[1, 9, 40, 7], [1, *range(300, 311)], [1, 5], [1, 77, 88, 99, 111, 222, 333], [1, *range(1000, 1040)],
@@ -291,7 +292,7 @@ def test_packed_and_plain_linears_agree():
         expected = torch.cat([layer(x) for layer in layers], dim=-1)
         with torch.inference_mode():
             for packed_rows in (4, None):
-                linear = _Linear(layers, packed_rows)
+                linear = FusedLinear(layers, packed_rows)
                 assert torch.allclose(linear(x), expected, atol=1e-5)
                 assert torch.equal(linear.add_to(residual, x), residual + linear(x))
 
@@ -307,7 +308,7 @@ def test_decode_attention_rows_do_not_depend_on_the_batch_or_the_width():
 
     def attend(count: int, width: int) -> torch.Tensor:
         bias = torch.zeros(count, width).masked_fill_(torch.arange(width) > positions[:count, None], -torch.inf)
-        return _matmul_attention(query[:count], keys[:count, :, :width], values[:count, :, :width],
+        return matmul_attention(query[:count], keys[:count, :, :width], values[:count, :, :width],
                                  bias[:, None, None, :], dim**-0.5)
 
     with torch.inference_mode():

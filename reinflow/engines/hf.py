@@ -23,17 +23,11 @@ Why not ``transformers.generation.continuous_batching``: in 5.23 its sampling pa
 (a request's sample depends on its batch) and its logprobs come after top-p truncation; and on CPU
 (SDPA) it attends over the whole packed batch with one block-diagonal mask. So the loop is our own.
 
-Speed on CPU (see ``bench/rollout_engine.py``): a decode step is bound by streaming the weights
-through GEMMs with a few rows, where MKL's ``nn.Linear`` re-packs every weight on every call. Here
-q/k/v and gate/up are fused and every weight (lm_head included) is packed once for oneDNN
-(``torch.ops.mkldnn._reorder_linear_weight``): about 2x faster than ``nn.Linear`` at 16 rows; the
-residual adds after o_proj and down_proj are the GEMMs' post-ops. Elsewhere (GPU, non-fp32) the
-fused weights go through ``F.linear``. Decode attention (fp32) is two batched matmuls and a softmax
-over each row's cache row, with one additive mask a pass shared by all layers. Embeddings, rotary
-tables, norm weights and activations are the model's own. The KV cache is a static buffer per layer,
-``[rows, kv_heads, capacity, head_dim]``, written in place (``index_copy_``) and grown by doubling
-up to ``max_batch_size`` x ``max_model_len``. The lm_head runs on the last position of each
-sequence only. Supported: ``llama``, ``qwen2`` and ``qwen3`` (full attention).
+The pieces: `reinflow.engines.packed_decoder` (the forward pass over a packed batch: fused, oneDNN-
+packed linear layers, decode attention; its docstring says why it is fast on a CPU),
+`reinflow.engines.kv_cache` (the static KV cache and the parked rows kept for prefix reuse) and
+`reinflow.engines.sampling` (per-request seeded sampling). Supported: ``llama``, ``qwen2`` and
+``qwen3`` (full attention).
 
 Logprobs are ``log_softmax(logits / temperature)`` at the sampled token, before top-p truncation
 (temperature 0 = greedy, reported under temperature 1): what a trainer recomputes with a full fp32
@@ -63,19 +57,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from reinflow.engines.base import FinishReason, Generation, SamplingParams
+from reinflow.engines.kv_cache import WIDTH_MULTIPLE, ParkedRows, StaticKVCache, new_cache, round_up
+from reinflow.engines.packed_decoder import PackedDecoder, Plan, Prefill
+from reinflow.engines.sampling import sample_rows
 from reinflow.errors import RunInterrupted
 
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3"})
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_MIN_CAPACITY = 256
-_WIDTH_MULTIPLE = 16
-"""Decode attention spans a multiple of this many columns: its reductions then see a row's
-columns in the same vector lanes whatever the batch's longest row, so a row's result does not
-depend on the rest of the batch (the masked columns add exact zeros)."""
 _MIN_REUSED_TOKENS = 8
 
 
@@ -137,344 +128,6 @@ class _Request:
 
 
 # ---------------------------------------------------------------------------------------------------
-# the model: packed weights, static KV cache, one forward for mixed prefill + decode
-# ---------------------------------------------------------------------------------------------------
-
-
-class _Linear:
-    """``x @ weight.T + bias`` for several fused ``nn.Linear`` layers (outputs concatenated).
-
-    With ``packed_rows`` (CPU fp32) the fused weight is packed once for oneDNN: about 2x faster than
-    MKL's ``nn.Linear`` (which re-packs the weight on every call) at 4-16 rows, ~25% slower for a
-    single row (where MKL uses GEMV), and a row's result is bit-identical whatever the number of rows,
-    which keeps seeded sampling independent of the batch. Otherwise the fused weight goes through
-    ``F.linear``.
-    """
-
-    def __init__(self, linears: list[torch.nn.Linear], packed_rows: int | None) -> None:
-        weight = torch.cat([m.weight.detach() for m in linears]) if len(linears) > 1 else linears[0].weight.detach()
-        self.bias = None
-        if any(m.bias is not None for m in linears):
-            self.bias = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
-                                   for m in linears])
-        self.packed = packed_rows is not None
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, packed_rows) if self.packed else weight
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
-
-    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``residual + self(x)`` as a new tensor; packed, the add is a oneDNN post-op of the GEMM
-        (bit-identical to the separate add, one pass over the output fewer)."""
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
-        return residual + F.linear(x, self.weight, self.bias)
-
-
-@dataclass(frozen=True)
-class _Prefill:
-    """One admitted prompt in a pass: its first ``reused`` tokens' keys/values were copied into
-    ``slot`` from another row; the rest (``length - reused`` tokens from packed index ``start``) run."""
-
-    slot: int
-    start: int
-    reused: int
-    length: int
-    mask: torch.Tensor | None
-    """[new tokens, length] causal mask over the reused prefix and the new tokens (None: no prefix)."""
-
-    @property
-    def new(self) -> int:
-        return self.length - self.reused
-
-
-@dataclass
-class _Plan:
-    """What one pass computes. Token order: ``decode_rows`` decode tokens, then each prefill's new tokens."""
-
-    decode_rows: int
-    decode_positions: torch.Tensor
-    """[decode_rows] the column each decode token writes (= its row's cached length)."""
-    width: int
-    """Columns the decode rows attend over (max position + 1, rounded up to `_WIDTH_MULTIPLE`)."""
-    prefills: list[_Prefill]
-
-
-@dataclass(frozen=True)
-class _DecodeInputs:
-    """What every layer's decode attention shares in a pass (built once, in `_PackedDecoder.forward`)."""
-
-    cache_index: torch.Tensor
-    """Where the decode rows' keys/values go: `_StaticKVCache.flat_index` of their positions."""
-    bias: torch.Tensor
-    """[decode_rows, 1, 1, width] additive mask: 0 up to a row's position, -inf after it."""
-
-    @classmethod
-    def of(cls, plan: _Plan, cache: _StaticKVCache, dtype: torch.dtype) -> _DecodeInputs:
-        positions = plan.decode_positions
-        beyond = torch.arange(plan.width, device=positions.device)[None, :] > positions[:, None]
-        bias = torch.zeros(beyond.shape, dtype=dtype, device=positions.device).masked_fill_(beyond, -torch.inf)
-        return cls(cache.flat_index(positions), bias[:, None, None, :])
-
-
-class _StaticKVCache:
-    """Per-layer key and value buffers ``[rows, kv_heads, capacity, head_dim]``, written in place."""
-
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, max_rows: int, max_len: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
-        self._shape = (kv_heads, head_dim)
-        self._max_rows, self._max_len = max_rows, _round_up(max_len, _WIDTH_MULTIPLE)
-        self._dtype, self._device = dtype, device
-        self.keys = [self._empty(1, min(_MIN_CAPACITY, self._max_len)) for _ in range(layers)]
-        self.values = [self._empty(1, min(_MIN_CAPACITY, self._max_len)) for _ in range(layers)]
-
-    def _empty(self, rows: int, capacity: int) -> torch.Tensor:
-        kv_heads, head_dim = self._shape
-        return torch.zeros(rows, kv_heads, capacity, head_dim, dtype=self._dtype, device=self._device)
-
-    def ensure(self, rows: int, length: int) -> None:
-        """Grow (by doubling, capped) so that ``rows`` rows of ``length`` columns fit."""
-        have_rows, have_len = self.keys[0].shape[0], self.keys[0].shape[2]
-        if rows <= have_rows and length <= have_len:
-            return
-        new_rows = min(self._max_rows, max(rows, 2 * have_rows)) if rows > have_rows else have_rows
-        new_len = min(self._max_len, max(length, 2 * have_len)) if length > have_len else have_len
-        for buffers in (self.keys, self.values):
-            for layer, old in enumerate(buffers):
-                grown = self._empty(new_rows, new_len)
-                grown[:have_rows, :, :have_len].copy_(old)
-                buffers[layer] = grown
-
-    def flat_index(self, positions: torch.Tensor) -> torch.Tensor:
-        """Indices into ``buffer.view(-1, head_dim)`` of column ``positions[i]`` of row ``i``, all heads."""
-        kv_heads, capacity = self.keys[0].shape[1], self.keys[0].shape[2]
-        heads = torch.arange(positions.shape[0] * kv_heads, device=positions.device).view(-1, kv_heads)
-        return (heads * capacity + positions[:, None]).view(-1)
-
-    def copy_row(self, source: _StaticKVCache, source_row: int, target_row: int, length: int) -> None:
-        """Copy the first ``length`` columns of ``source``'s row ``source_row`` into row ``target_row``."""
-        for target, origin in zip(self.keys + self.values, source.keys + source.values):
-            target[target_row, :, :length] = origin[source_row, :, :length]
-
-
-@dataclass
-class _LayerWeights:
-    """One decoder layer as the packed forward uses it."""
-
-    qkv: _Linear
-    o: _Linear
-    gate_up: _Linear
-    down: _Linear
-    input_norm: torch.Tensor
-    post_norm: torch.Tensor
-    eps: float
-    layer: torch.nn.Module
-    """The model's own layer (its activation, and Qwen3's q/k norms)."""
-
-
-class _PackedDecoder:
-    """The model's forward pass over a packed batch of mixed prefill and decode tokens.
-
-    Uses the model's own embedding, rotary tables, activation and norm weights (RMSNorm through
-    ``F.rms_norm``, bit-identical to the model's); the linear layers are `_Linear`s built from the
-    model's weights (rebuild after changing them).
-    """
-
-    def __init__(self, model, packed_rows: int | None) -> None:
-        self.model = model
-        config = model.config
-        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
-        attention = model.model.layers[0].self_attn
-        self.head_dim, self.scaling = attention.head_dim, attention.scaling
-        self.qk_norm = config.model_type == "qwen3"
-        self.layers = [self._pack_layer(layer, packed_rows) for layer in model.model.layers]
-        self.lm_head = _Linear([model.lm_head], packed_rows)
-
-    @staticmethod
-    def _pack_layer(layer, packed_rows: int | None) -> _LayerWeights:
-        attention, mlp = layer.self_attn, layer.mlp
-        return _LayerWeights(
-            qkv=_Linear([attention.q_proj, attention.k_proj, attention.v_proj], packed_rows),
-            o=_Linear([attention.o_proj], packed_rows),
-            gate_up=_Linear([mlp.gate_proj, mlp.up_proj], packed_rows),
-            down=_Linear([mlp.down_proj], packed_rows),
-            input_norm=layer.input_layernorm.weight.detach(),
-            post_norm=layer.post_attention_layernorm.weight.detach(),
-            eps=layer.input_layernorm.variance_epsilon,
-            layer=layer,
-        )
-
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, plan: _Plan, cache: _StaticKVCache,
-                last: torch.Tensor) -> torch.Tensor:
-        """Logits ``[len(last), vocab]`` at token indices ``last`` of the packed ``ids [tokens]``."""
-        backbone = self.model.model
-        hidden = backbone.embed_tokens(ids)
-        rotary = _rotary_tables(backbone.rotary_emb, hidden, positions)
-        decode = _DecodeInputs.of(plan, cache, hidden.dtype) if plan.decode_rows else None
-        for index, weights in enumerate(self.layers):
-            hidden = self._layer(hidden, weights, rotary, plan, cache, index, decode)
-        return self.lm_head(backbone.norm(hidden[last]))
-
-    def _layer(self, hidden: torch.Tensor, weights: _LayerWeights, rotary: tuple[torch.Tensor, torch.Tensor],
-               plan: _Plan, cache: _StaticKVCache, index: int, decode: _DecodeInputs | None) -> torch.Tensor:
-        """One decoder layer (pre-norm attention and gated MLP, residuals) on ``hidden [tokens, dim]``."""
-        tokens, width = hidden.shape
-        qkv = weights.qkv(F.rms_norm(hidden, (width,), weights.input_norm, weights.eps))
-        qk_size = (self.heads + self.kv_heads) * self.head_dim
-        query_key = qkv[:, :qk_size].view(tokens, self.heads + self.kv_heads, self.head_dim)
-        value = qkv[:, qk_size:].view(tokens, self.kv_heads, self.head_dim)
-        if self.qk_norm:
-            attention = weights.layer.self_attn
-            query_key = torch.cat([attention.q_norm(query_key[:, : self.heads]),
-                                   attention.k_norm(query_key[:, self.heads :])], dim=1)
-        query_key = _rotate(query_key, rotary)
-        query, key = query_key[:, : self.heads], query_key[:, self.heads :]
-        hidden = weights.o.add_to(hidden, self._attend(query, key, value, plan, cache, index, decode))
-        normed = F.rms_norm(hidden, (width,), weights.post_norm, weights.eps)
-        gate, up = weights.gate_up(normed).chunk(2, dim=-1)
-        return weights.down.add_to(hidden, weights.layer.mlp.act_fn(gate).mul_(up))
-
-    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: _Plan,
-                cache: _StaticKVCache, index: int, decode: _DecodeInputs | None) -> torch.Tensor:
-        """Write this pass's keys/values into the cache and attend; returns ``[tokens, heads * dim]``."""
-        keys, values = cache.keys[index], cache.values[index]
-        parts = []
-        rows = plan.decode_rows
-        if rows:
-            keys.view(-1, self.head_dim).index_copy_(0, decode.cache_index, key[:rows].reshape(-1, self.head_dim))
-            values.view(-1, self.head_dim).index_copy_(0, decode.cache_index, value[:rows].reshape(-1, self.head_dim))
-            parts.append(self._decode_attention(query[:rows], keys, values, plan, decode))
-        for prefill in plan.prefills:
-            parts.append(self._prefill_attention(query, key, value, prefill, keys, values))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    def _prefill_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefill: _Prefill,
-                           keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Causal attention of one prompt's new tokens over its reused prefix and themselves."""
-        span = slice(prefill.start, prefill.start + prefill.new)
-        k, v = key[span].transpose(0, 1), value[span].transpose(0, 1)
-        keys[prefill.slot, :, prefill.reused : prefill.length] = k
-        values[prefill.slot, :, prefill.reused : prefill.length] = v
-        q = query[span].transpose(0, 1)[None]
-        if prefill.mask is None:
-            out = F.scaled_dot_product_attention(q, k[None], v[None], is_causal=True, enable_gqa=True,
-                                                 scale=self.scaling)
-        else:
-            row = slice(prefill.slot, prefill.slot + 1)
-            out = F.scaled_dot_product_attention(q, keys[row, :, : prefill.length], values[row, :, : prefill.length],
-                                                 attn_mask=prefill.mask, enable_gqa=True, scale=self.scaling)
-        return out[0].transpose(0, 1).reshape(prefill.new, -1)
-
-    def _decode_attention(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan: _Plan,
-                          decode: _DecodeInputs) -> torch.Tensor:
-        """One query per row against its cache row; the query heads sharing a KV head are packed as
-        that head's queries, so no KV head is repeated. fp32 goes through `_matmul_attention`; other
-        dtypes through SDPA, which keeps the scores in fp32."""
-        rows, width = plan.decode_rows, plan.width
-        grouped = query.unflatten(1, (self.kv_heads, self.heads // self.kv_heads))
-        keys, values = keys[:rows, :, :width], values[:rows, :, :width]
-        if query.dtype == torch.float32:
-            out = _matmul_attention(grouped, keys, values, decode.bias, self.scaling)
-        else:
-            out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=decode.bias, scale=self.scaling)
-        return out.reshape(rows, -1)
-
-
-def _matmul_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
-                      scale: float) -> torch.Tensor:
-    """``softmax((query * scale) @ keys^T + bias) @ values`` for ``[rows, heads, queries, dim]`` queries
-    against ``[rows, heads, columns, dim]`` keys/values: two batched matmuls and a softmax.
-
-    For a few queries per head this is ~10-15% faster on CPU than SDPA's flash kernel, and a row's
-    bits depend neither on the other rows nor on which thread computes it (the flash kernel's
-    per-thread scratch buffers sit at different alignments, which changes the last bits).
-    """
-    scores = torch.matmul(query * scale, keys.transpose(-1, -2)).add_(bias)
-    return torch.matmul(scores.softmax(dim=-1), values)
-
-
-def _rotary_tables(rotary_emb: torch.nn.Module, hidden: torch.Tensor,
-                   positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's cos/sin tables for ``positions``, shaped ``[tokens, 1, dim]``; the sine's first half
-    is negated so that rotate-half becomes a plain half swap (sign flips are exact)."""
-    cos, sin = rotary_emb(hidden[None], positions[None])
-    half = sin.shape[-1] // 2
-    sign = torch.ones(sin.shape[-1], dtype=sin.dtype, device=sin.device)
-    sign[:half] = -1
-    return cos[0, :, None, :], (sin[0] * sign)[:, None, :]
-
-
-def _rotate(states: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotary position embedding of ``states [tokens, heads, dim]``: ``x * cos + rotate_half(x) * sin``."""
-    cos, signed_sin = rotary
-    half = states.shape[-1] // 2
-    swapped = torch.cat((states[..., half:], states[..., :half]), dim=-1)
-    return states * cos + swapped * signed_sin
-
-
-# ---------------------------------------------------------------------------------------------------
-# sampling
-# ---------------------------------------------------------------------------------------------------
-
-
-def sample_rows(logits: torch.Tensor, requests: list[_Request]) -> tuple[list[int], list[float]]:
-    """Pick one token per row of ``logits [rows, vocab]`` and its logprob under the row's temperature.
-
-    Greedy rows (temperature 0) take the argmax and report temperature-1 logprobs. Sampled rows draw
-    one uniform number from their own generator and invert the CDF of their (top-p truncated)
-    distribution. The normaliser is a float64 running sum (a sequential scan per row): unlike a
-    parallel reduction, its bits do not depend on how many rows the batch has.
-    """
-    scaled = logits.float()
-    temperatures = [r.sampling.temperature or 1.0 for r in requests]
-    if any(t != 1.0 for t in temperatures):
-        scaled = scaled / torch.tensor(temperatures, dtype=scaled.dtype, device=scaled.device)[:, None]
-    peak, tokens = scaled.max(dim=-1, keepdim=True)
-    weights = (scaled - peak).exp_()
-    cdf = weights.double().cumsum(dim=-1)
-    sampled = [i for i, r in enumerate(requests) if r.sampling.temperature > 0]
-    if len(sampled) == len(requests):
-        tokens = _draw(weights, cdf, requests)[:, None]
-    elif sampled:
-        tokens[sampled] = _draw(weights[sampled], cdf[sampled], [requests[i] for i in sampled])[:, None]
-    chosen = (scaled.gather(1, tokens) - peak).double() - cdf[:, -1:].log()
-    return tokens[:, 0].tolist(), chosen[:, 0].tolist()
-
-
-def _draw(weights: torch.Tensor, cdf: torch.Tensor, requests: list[_Request]) -> torch.Tensor:
-    """Sample rows of unnormalised ``weights [rows, vocab]`` (running sums ``cdf``) with one uniform
-    draw per request from its own generator.
-
-    Rows with ``top_p < 1`` invert the CDF of their sorted, truncated distribution; the others the
-    CDF in vocabulary order. Each row's choice depends only on its own weights and draw.
-    """
-    uniform = torch.cat([torch.rand(1, generator=r.generator, device=r.generator.device) for r in requests])
-    uniform = uniform.to(cdf.device, torch.float64)
-    nucleus = [i for i, r in enumerate(requests) if r.sampling.top_p < 1.0]
-    if not nucleus:
-        return _invert_cdf(cdf, uniform)
-    tokens = torch.empty(len(requests), dtype=torch.long, device=cdf.device)
-    full = [i for i, r in enumerate(requests) if r.sampling.top_p >= 1.0]
-    if full:
-        tokens[full] = _invert_cdf(cdf[full], uniform[full])
-    ordered, order = weights[nucleus].sort(dim=-1, descending=True, stable=True)
-    ordered = ordered.double()
-    running = ordered.cumsum(dim=-1)
-    top_p = torch.tensor([requests[i].sampling.top_p for i in nucleus], dtype=torch.float64, device=cdf.device)
-    kept = ordered.masked_fill(running - ordered >= top_p[:, None] * running[:, -1:], 0.0)
-    tokens[nucleus] = order.gather(1, _invert_cdf(kept.cumsum(dim=-1), uniform[nucleus])[:, None])[:, 0]
-    return tokens
-
-
-def _invert_cdf(cdf: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    """Per row, the first index whose running sum exceeds ``uniform`` x the row's total."""
-    picked = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)
-    return picked.clamp_(max=cdf.shape[-1] - 1)[:, 0]
-
-
-# ---------------------------------------------------------------------------------------------------
 # prefix reuse
 # ---------------------------------------------------------------------------------------------------
 
@@ -483,52 +136,10 @@ def _invert_cdf(cdf: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
 class _Source:
     """Where the longest cached prefix of an arriving prompt lives."""
 
-    cache: _StaticKVCache
+    cache: StaticKVCache
     row: int
     length: int
     parked: bool
-
-
-class _ParkedRows:
-    """Keys/values of finished requests (prompt + output), kept for later prompts that start with them.
-
-    An agent's next turn re-sends its whole conversation, so the prompt of turn k+1 starts with the
-    prompt and output of turn k: with that row parked, the turn's prefill runs only the new tokens
-    (tool output, chat template). Rows are evicted least recently used; a parked row that a new prompt
-    extends completely is released (the new request is parked in its place when it finishes).
-    """
-
-    def __init__(self, store: _StaticKVCache, rows: int) -> None:
-        self.store = store
-        self.tokens: list[list[int] | None] = [None] * rows
-        self._used = [0] * rows
-        self._clock = 0
-
-    def park(self, cache: _StaticKVCache, slot: int, tokens: list[int]) -> None:
-        """Copy row ``slot`` of ``cache`` (holding ``tokens``) into a free or the least recent row."""
-        if not self.tokens or not tokens:
-            return
-        row = min(range(len(self.tokens)), key=lambda r: (self.tokens[r] is not None, self._used[r]))
-        self.store.ensure(row + 1, len(tokens))
-        self.store.copy_row(cache, slot, row, len(tokens))
-        self.tokens[row] = tokens
-        self.touch(row)
-
-    def touch(self, row: int) -> None:
-        """Mark ``row`` as just used."""
-        self._clock += 1
-        self._used[row] = self._clock
-
-    def release(self, row: int) -> None:
-        self.tokens[row] = None
-
-    def clear(self) -> None:
-        """Forget every parked row (their keys/values belong to the old weights)."""
-        self.tokens = [None] * len(self.tokens)
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
 
 
 def _shared_prefix(a: list[int], b: list[int], limit: int) -> int:
@@ -579,11 +190,11 @@ class HFEngine:
         use_onednn = self.device.type == "cpu" and torch_dtype == torch.float32 and torch.backends.mkldnn.is_available()
         self._packed_rows = max_batch_size if use_onednn else None
         with torch.inference_mode():
-            self._decoder = _PackedDecoder(self.model, self._packed_rows)
-        self._cache = _new_cache(self.model, max_batch_size, max_model_len, torch_dtype, self.device)
+            self._decoder = PackedDecoder(self.model, self._packed_rows)
+        self._cache = new_cache(self.model, max_batch_size, max_model_len, torch_dtype, self.device)
         parked = max_batch_size if prefix_cache_rows is None else prefix_cache_rows
-        store = _new_cache(self.model, max(parked, 1), max_model_len, torch_dtype, self.device)
-        self._parked = _ParkedRows(store, parked)
+        store = new_cache(self.model, max(parked, 1), max_model_len, torch_dtype, self.device)
+        self._parked = ParkedRows(store, parked)
         self._seeds = random.Random(seed)
         self._lock = threading.Condition()
         self._queue: deque[_Request] = deque()
@@ -630,7 +241,7 @@ class HFEngine:
                 )
             _load_state(self.model, state)
             with torch.inference_mode():
-                self._decoder = _PackedDecoder(self.model, self._packed_rows)
+                self._decoder = PackedDecoder(self.model, self._packed_rows)
             self._parked.clear()
 
     def clear_prefix_cache(self) -> None:
@@ -733,13 +344,13 @@ class HFEngine:
         self._append_samples(logits)
         self._count(running, plan.prefills, time.perf_counter() - started)
 
-    def _plan(self, arrivals: list[tuple[_Request, _Source | None]]) -> tuple[torch.Tensor, torch.Tensor, _Plan]:
+    def _plan(self, arrivals: list[tuple[_Request, _Source | None]]) -> tuple[torch.Tensor, torch.Tensor, Plan]:
         """Packed token ids and positions for a pass, and where each part reads and writes the cache;
         copies reused prefixes into the arrivals' slots."""
         running = self._active
         ids = [r.token_ids[-1] for r in running]
         positions = [r.cached for r in running]
-        width = _round_up(max(positions, default=-1) + 1, _WIDTH_MULTIPLE)
+        width = round_up(max(positions, default=-1) + 1, WIDTH_MULTIPLE)
         longest = max([width] + [len(r.prompt_ids) for r, _ in arrivals])
         self._cache.ensure(len(running) + len(arrivals), longest)
         prefills = []
@@ -750,11 +361,11 @@ class HFEngine:
             if reused:
                 mask = torch.ones(len(prompt) - reused, len(prompt), dtype=torch.bool, device=self.device)
                 mask = mask.tril_(diagonal=reused)
-            prefills.append(_Prefill(slot, len(ids), reused, len(prompt), mask))
+            prefills.append(Prefill(slot, len(ids), reused, len(prompt), mask))
             ids.extend(prompt[reused:])
             positions.extend(range(reused, len(prompt)))
         position_tensor = torch.tensor(positions, device=self.device)
-        plan = _Plan(len(running), position_tensor[: len(running)], width, prefills)
+        plan = Plan(len(running), position_tensor[: len(running)], width, prefills)
         return torch.tensor(ids, device=self.device), position_tensor, plan
 
     def _reuse(self, source: _Source | None, slot: int) -> int:
@@ -770,7 +381,7 @@ class HFEngine:
                 self._parked.touch(source.row)
         return source.length
 
-    def _count(self, running: int, prefills: list[_Prefill], seconds: float) -> None:
+    def _count(self, running: int, prefills: list[Prefill], seconds: float) -> None:
         """Record one pass in the stats."""
         stats = self.stats
         stats.passes += 1
@@ -886,14 +497,6 @@ def _eos_ids(model) -> list[int]:
     if eos is None:
         eos = model.config.eos_token_id
     return [eos] if isinstance(eos, int) else list(eos)
-
-
-def _new_cache(model, max_rows: int, max_len: int, dtype: torch.dtype, device: torch.device) -> _StaticKVCache:
-    """A static cache shaped for this model's attention layers."""
-    config = model.config
-    head_dim = model.model.layers[0].self_attn.head_dim
-    return _StaticKVCache(config.num_hidden_layers, config.num_key_value_heads, head_dim, max_rows, max_len,
-                          dtype, device)
 
 
 def _read_folder(folder: Path) -> dict[str, torch.Tensor]:
