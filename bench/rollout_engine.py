@@ -1,12 +1,15 @@
 """Rollout throughput of the `hf` engine on the built-in model (SmolLM2-135M-Instruct, fp32, CPU).
 
-    .venv/bin/python bench/rollout_engine.py            # ~6 minutes on 2 idle cores
+    .venv/bin/python bench/rollout_engine.py            # ~8 minutes on 2 idle cores
 
 Measures generated tokens/s of:
 
 - engine, 16 streams: 16 concurrent episodes, each sending ``--requests-per-stream`` requests one
   after another (a request joins the running batch as soon as its predecessor stops: the steady
   state of an agent rollout, drained at the end);
+- engine, 16 episodes: 16 concurrent agent episodes of ``--requests-per-stream`` turns, where the
+  prompt of turn k+1 is turn k's prompt and output, a tool result and the next assistant header
+  (what an agent's conversation sends; the engine reuses the cached prefix);
 - engine, 16 at once: the first request of every stream, all submitted together (the batch drains
   as requests stop at different lengths);
 - (a) the same 16 requests one at a time through the same engine (concurrency 1);
@@ -98,18 +101,45 @@ def make_requests(tokenizer, count: int, seed: int) -> list[Request]:
     return requests
 
 
-async def run_streams(engine: HFEngine, streams: list[list[Request]]) -> Result:
-    """Every stream sends its requests one after another; all streams run concurrently."""
+async def run_streams(engine: HFEngine, streams: list[list[Request]], follow_up: FollowUp | None = None) -> Result:
+    """Every stream sends its requests one after another; all streams run concurrently. With
+    ``follow_up``, a stream is one conversation: each request after the first sends the previous
+    prompt, its output and ``follow_up``'s ids instead of its own prompt (its sampling is its own)."""
 
     async def stream(requests: list[Request]) -> int:
-        tokens = 0
+        tokens, prompt = 0, requests[0].prompt_ids
         for request in requests:
-            tokens += len((await engine.generate(request.prompt_ids, request.sampling)).token_ids)
+            output = (await engine.generate(prompt if follow_up else request.prompt_ids, request.sampling)).token_ids
+            tokens += len(output)
+            if follow_up:
+                prompt = follow_up.extend(prompt, output)
         return tokens
 
     started = time.perf_counter()
     counts = await asyncio.gather(*(stream(requests) for requests in streams))
     return Result(sum(counts), time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """The token ids that end an assistant turn and add a tool result and the next assistant header."""
+
+    ids: list[int]
+    eos: int
+
+    @classmethod
+    def of(cls, tokenizer) -> FollowUp:
+        """Rendered by the tokenizer's chat template: what follows an assistant message's content."""
+        marker = "<<assistant output>>"
+        messages = [{"role": "user", "content": "question"}, {"role": "assistant", "content": marker},
+                    {"role": "user", "content": "Tool output: 42"}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return cls(tokenizer.encode(text.split(marker, 1)[1], add_special_tokens=False), tokenizer.eos_token_id)
+
+    def extend(self, prompt: list[int], output: list[int]) -> list[int]:
+        """The next turn's prompt (an output that stopped at EOS already holds the closing EOS)."""
+        closing = self.ids[1:] if output[-1:] == [self.eos] and self.ids[:1] == [self.eos] else self.ids
+        return prompt + output + closing
 
 
 def linear_floor(model, rows: int, passes: int) -> float:
@@ -221,12 +251,13 @@ class Sample:
         return self.result.tokens_per_second / self.floor
 
 
-async def engine_mode(engine: HFEngine, streams: list[list[Request]]) -> tuple[Result, str]:
+async def engine_mode(engine: HFEngine, streams: list[list[Request]],
+                      follow_up: FollowUp | None = None) -> tuple[Result, str]:
     """One engine measurement, with the scheduler's view of it. Rows parked by earlier runs (the
     same prompts) are dropped first; prefixes shared within the run are still reused."""
     engine.clear_prefix_cache()
     before = Busy.of(engine)
-    result = await run_streams(engine, streams)
+    result = await run_streams(engine, streams, follow_up)
     return result, Busy.of(engine).since(before)
 
 
@@ -240,11 +271,12 @@ async def measure(folder: Path, model, tokenizer, streams: list[list[Request]], 
     """Every mode once a round, each between two floor measurements; returns the samples per mode
     and the best pass time (s) through the engine's own linear layers."""
     first = [s[0] for s in streams]
-    rows = len(streams)
+    rows, turns = len(streams), len(streams[0])
     engine = HFEngine(folder, dtype=model.dtype, max_model_len=2048, max_batch_size=rows, device=model.device)
     await engine.generate(first[0].prompt_ids, SamplingParams(max_new_tokens=4, temperature=1.0, top_p=1.0))
     modes = {
         "streams": lambda: engine_mode(engine, streams),
+        "episodes": lambda: engine_mode(engine, streams, FollowUp.of(tokenizer)),
         "at_once": lambda: engine_mode(engine, [[r] for r in first]),
         "sequential": lambda: engine_mode(engine, [first]),
         "plain": lambda: plain_mode(model, tokenizer, first),
@@ -259,7 +291,7 @@ async def measure(folder: Path, model, tokenizer, streams: list[list[Request]], 
             result, note = await run()
             after = linear_floor(model, rows, floor_passes)
             samples[name].append(Sample(result, rows / min(before, after)))
-            print(f"  {LABELS[name].format(rows=rows):<48} {result.tokens_per_second:6.1f} tok/s, "
+            print(f"  {LABELS[name].format(rows=rows, turns=turns):<48} {result.tokens_per_second:6.1f} tok/s, "
                   f"{samples[name][-1].floor_ratio:.2f} x floor ({samples[name][-1].floor:.1f} tok/s)  {note}",
                   flush=True)
             before = after
@@ -269,6 +301,7 @@ async def measure(folder: Path, model, tokenizer, streams: list[list[Request]], 
 
 LABELS = {
     "streams": "engine, {rows} streams x back-to-back requests",
+    "episodes": "engine, {rows} episodes x {turns} turns (each extends)",
     "at_once": "engine, {rows} requests at once (batch drains)",
     "sequential": "(a) engine, same requests one at a time",
     "plain": "plain model.generate, batch {rows} (left-padded)",
@@ -278,7 +311,7 @@ LABELS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=16)
-    parser.add_argument("--requests-per-stream", type=int, default=2)
+    parser.add_argument("--requests-per-stream", type=int, default=2, help="requests per stream = turns per episode")
     parser.add_argument("--rounds", type=int, default=2, help="each mode runs once a round; the best round counts")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--floor-passes", type=int, default=5)
@@ -298,10 +331,10 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.dtype)).to(args.device).eval()
     samples, own_floor = asyncio.run(measure(folder, model, tokenizer, streams, args.rounds, args.floor_passes))
     print(f"load average after: {os.getloadavg()[0]:.2f} (other processes on this machine disturb the timings)")
-    print_table(samples, own_floor, args.streams)
+    print_table(samples, own_floor, args.streams, args.requests_per_stream)
 
 
-def print_table(samples: dict[str, list[Sample]], own_floor_seconds: float, rows: int) -> None:
+def print_table(samples: dict[str, list[Sample]], own_floor_seconds: float, rows: int, turns: int) -> None:
     """The best round of each mode: tokens/s, the ratio to (a)'s best round, and the ratio to the
     floor (b) measured around that run."""
     best = {name: max(runs, key=lambda sample: sample.result.tokens_per_second) for name, runs in samples.items()}
@@ -310,7 +343,7 @@ def print_table(samples: dict[str, list[Sample]], own_floor_seconds: float, rows
     for name, sample in best.items():
         result = sample.result
         rate = result.tokens_per_second
-        print(f"{LABELS[name].format(rows=rows):<48} {result.tokens:>7} {result.seconds:>7.1f} {rate:>7.1f} "
+        print(f"{LABELS[name].format(rows=rows, turns=turns):<48} {result.tokens:>7} {result.seconds:>7.1f} {rate:>7.1f} "
               f"{rate / sequential:>6.2f} {sample.floor_ratio:>6.2f}")
     floor = max(sample.floor for runs in samples.values() for sample in runs)
     label = f"(b) decode floor: all nn.Linear at batch {rows}"
