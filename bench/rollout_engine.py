@@ -4,9 +4,9 @@
 
 Measures generated tokens/s of:
 
-- engine, 16 streams: 16 concurrent episodes, each sending ``--requests-per-stream`` requests one
-  after another (a request joins the running batch as soon as its predecessor stops: the steady
-  state of an agent rollout, drained at the end);
+- engine, 16 streams: 16 concurrent streams, each sending ``--requests-per-stream`` unrelated
+  requests one after another (a request joins the running batch as soon as its predecessor stops;
+  every prompt is new, so this is the prefill-heavy case; drained at the end);
 - engine, 16 episodes: 16 concurrent agent episodes of ``--requests-per-stream`` turns, where the
   prompt of turn k+1 is turn k's prompt and output, a tool result and the next assistant header
   (what an agent's conversation sends; the engine reuses the cached prefix);
@@ -274,9 +274,10 @@ async def measure(folder: Path, model, tokenizer, streams: list[list[Request]], 
     rows, turns = len(streams), len(streams[0])
     engine = HFEngine(folder, dtype=model.dtype, max_model_len=2048, max_batch_size=rows, device=model.device)
     await engine.generate(first[0].prompt_ids, SamplingParams(max_new_tokens=4, temperature=1.0, top_p=1.0))
+    follow_up = FollowUp.of(tokenizer)
     modes = {
         "streams": lambda: engine_mode(engine, streams),
-        "episodes": lambda: engine_mode(engine, streams, FollowUp.of(tokenizer)),
+        "episodes": lambda: engine_mode(engine, streams, follow_up),
         "at_once": lambda: engine_mode(engine, [[r] for r in first]),
         "sequential": lambda: engine_mode(engine, [first]),
         "plain": lambda: plain_mode(model, tokenizer, first),
