@@ -309,7 +309,7 @@ def test_decode_attention_rows_do_not_depend_on_the_batch_or_the_width():
     def attend(count: int, width: int) -> torch.Tensor:
         bias = torch.zeros(count, width).masked_fill_(torch.arange(width) > positions[:count, None], -torch.inf)
         return matmul_attention(query[:count], keys[:count, :, :width], values[:count, :, :width],
-                                 bias[:, None, None, :], dim**-0.5)
+                                bias[:, None, None, :], dim**-0.5)
 
     with torch.inference_mode():
         full = attend(rows, 208)
