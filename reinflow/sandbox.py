@@ -4,7 +4,7 @@ Model-written code never runs in the trainer's process. :func:`run_python` (and 
 :func:`run_python_async`, which runs many calls concurrently on one event loop, without threads)
 writes the code to ``main.py`` in a fresh working directory and starts three processes:
 
-* **A, the launcher** (``python -I -S -c _LAUNCHER``, the trainer's uid, a new session). It creates
+* **A, the launcher** (``python -I -S -c LAUNCHER_SOURCE``, the trainer's uid, a new session). It creates
   the namespaces, mounts the private filesystem, forks B, waits, and exits with the code's status
   (dying of the same signal when the code died of one). It stays out of reach of the code.
 * **B, the reaper**: pid 1 of the run's own PID namespace. It mounts a fresh ``/proc``, sets the
@@ -54,13 +54,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from reinflow.errors import SandboxUnavailableError
+from reinflow.sandbox_launcher import LAUNCHER_SOURCE
+from reinflow.sandbox_processes import UIDS, kill_children, kill_uid
 
 __all__ = [
     "SandboxIsolation",
@@ -78,8 +81,6 @@ _DRAIN_SECONDS = 1.0
 _READ_CHUNK_BYTES = 65536
 _NICE = 10  # the code yields the CPU to the trainer
 _SCRATCH_DIRS = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/var/lock"]  # world-writable by convention
-_UID_BASE = 2**30
-_UID_SLOTS = 256
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWIPC = 0x08000000
@@ -159,233 +160,6 @@ class SandboxResult(BaseModel):
     wall_seconds: float = Field(description="Wall time of the whole call, cleanup included.")
     sandbox_uid: int | None = Field(description="The uid the code ran as; None: the trainer's own uid.")
     isolation: SandboxIsolation = Field(description="The OS protections this run used.")
-
-
-class SandboxUnavailableError(RuntimeError):
-    """No safe way to run code was found (as root: privileges could not be dropped)."""
-
-
-# ----------------------------------------------------------------------------- the launcher
-
-_LAUNCHER = r"""
-import ctypes, json, os, resource, signal, sys
-
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 4096, 16384, 262144
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 1, 38, 36
-CLONE_NEWNS = 0x00020000
-cfg = json.loads(sys.argv[1])
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-
-
-def check(rc, what):
-    if rc != 0:
-        sys.stderr.write(f"reinflow sandbox setup failed: {what}: {os.strerror(ctypes.get_errno())}\n")
-        os._exit(125)
-
-
-def mount(source, target, fstype, flags, data=None):
-    enc = lambda s: None if s is None else s.encode()
-    check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
-
-
-def die_with_parent():
-    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
-
-
-def first_blocked_ancestor(path):
-    parts = path.strip("/").split("/")
-    ancestors = ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
-    return next((a for a in ancestors if not os.stat(a).st_mode & 1), None)
-
-
-def expose(paths):
-    # Make `paths` reachable for the sandbox uid: a tmpfs over each first non-traversable ancestor
-    # (e.g. /root for a pyenv Python), holding bind mounts of the paths themselves.
-    blocked = {p: first_blocked_ancestor(p) for p in paths}
-    fds = {p: os.open(p, os.O_PATH) for p in paths if blocked[p]}
-    tops = sorted({b for b in blocked.values() if b})
-    for top in tops:
-        if not any(top.startswith(other + "/") for other in tops):
-            mount("tmpfs", top, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
-    for path, fd in sorted(fds.items()):
-        os.makedirs(path, exist_ok=True)
-        mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-        os.close(fd)
-
-
-def private_tmp(workdir):
-    with open(os.path.join(workdir, "main.py"), "rb") as f:
-        code = f.read()
-    mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, cfg["tmpfs_options"])
-    with open(os.path.join(workdir, "main.py"), "wb") as f:
-        f.write(code)
-    targets = [os.path.realpath(t) for t in cfg["scratch_dirs"] if os.path.isdir(t)]
-    for target in sorted(set(targets), key=lambda t: t == "/tmp"):  # /tmp last: it hides `workdir`
-        mount(workdir, target, None, MS_BIND)
-
-
-def lock_down():
-    for which, soft, hard in cfg["rlimits"]:
-        old_hard = resource.getrlimit(which)[1]
-        fit = lambda v: v if old_hard == resource.RLIM_INFINITY else min(v, old_hard)
-        resource.setrlimit(which, (fit(soft), fit(hard)))
-    os.nice(cfg["nice"])
-    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
-    if cfg["uid"] is not None:
-        os.setgroups([])
-        os.setresgid(cfg["uid"], cfg["uid"], cfg["uid"])
-        os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
-
-
-def reaper(report_fd):
-    # B: pid 1 of the run's pid namespace (or a subreaper): runs the code as C, reaps orphans,
-    # kills everything left once C is gone, then reports C's status to A.
-    die_with_parent()
-    if cfg["pid_namespace"]:
-        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    lock_down()
-    die_with_parent()  # a uid change clears it
-    if cfg["kill_all"]:
-        check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "PR_SET_CHILD_SUBREAPER")
-    code_pid = os.fork()
-    if code_pid == 0:
-        os.close(report_fd)
-        try:
-            os.chdir(cfg["cwd"])
-            os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
-        except OSError as e:
-            sys.stderr.write(f"reinflow sandbox setup failed: cannot start {cfg['argv'][0]}: {e}\n")
-            os._exit(125)
-    while (reaped := os.wait())[0] != code_pid:
-        pass
-    while cfg["kill_all"]:
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            os.wait()
-        except ChildProcessError:
-            break
-    os.write(report_fd, str(os.waitstatus_to_exitcode(reaped[1])).encode())
-    os._exit(0)
-
-
-# A: root, in the trainer's session. Namespaces apply to A's children, so B does the rest.
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-die_with_parent()
-if os.getppid() != cfg["parent_pid"]:
-    os._exit(125)
-os.umask(0o022)
-if cfg["unshare_flags"]:
-    check(libc.unshare(cfg["unshare_flags"]), "unshare")
-if cfg["unshare_flags"] & CLONE_NEWNS:
-    mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing done below may leak to the host
-    expose(cfg["expose"])
-if cfg["private_tmp"]:
-    private_tmp(cfg["workdir"])
-read_fd, write_fd = os.pipe()
-reaper_pid = os.fork()
-if reaper_pid == 0:
-    os.close(read_fd)
-    reaper(write_fd)
-os.close(write_fd)
-report = os.read(read_fd, 64)
-status = os.waitstatus_to_exitcode(os.waitpid(reaper_pid, 0)[1])
-status = int(report) if report else status
-if status < 0:  # die of the same signal, so the trainer sees what killed the code
-    if -status != signal.SIGKILL:
-        signal.signal(-status, signal.SIG_DFL)
-    os.kill(os.getpid(), -status)
-    status = 128 - status
-os._exit(status)
-"""
-
-
-# ----------------------------------------------------------------------------- uids
-
-
-class _UidPool:
-    """Per-run uids, unique among the live runs on this host: ``2**30 + pid*256 + slot``.
-
-    Slots are handed out round-robin, so a uid is reused as late as possible (zombies that a
-    non-reaping host init leaves behind still count towards their uid's RLIMIT_NPROC).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._used: set[int] = set()
-        self._next = 0
-
-    def acquire(self) -> int:
-        """A uid no other live run on this host uses; raises when 256 runs of this process are live."""
-        with self._lock:
-            order = [(self._next + i) % _UID_SLOTS for i in range(_UID_SLOTS)]
-            free = [slot for slot in order if slot not in self._used]
-            if not free:
-                raise SandboxUnavailableError(f"more than {_UID_SLOTS} concurrent sandbox runs in one process")
-            self._used.add(free[0])
-            self._next = free[0] + 1
-        return _UID_BASE + os.getpid() * _UID_SLOTS + free[0]
-
-    def release(self, uid: int) -> None:
-        """Give a uid back once none of its processes is alive."""
-        with self._lock:
-            self._used.discard((uid - _UID_BASE) % _UID_SLOTS)
-
-
-_UIDS = _UidPool()
-
-
-def live_pids_of_uid(uid: int) -> list[int]:
-    """Pids of the host's live (not zombie) processes whose real uid is ``uid``."""
-    return [pid for pid in _all_pids() if _live_status(pid).get("Uid", "").split()[:1] == [str(uid)]]
-
-
-def _all_pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _live_status(pid: int) -> dict[str, str]:
-    """``/proc/<pid>/status`` as a dict; empty if the process is gone or a zombie."""
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        text = Path(f"/proc/{pid}/status").read_text()
-        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        return {} if fields["State"].split()[0] in ("Z", "X") else fields
-    return {}
-
-
-def _kill_uid(uid: int, rounds: int = 1000) -> None:
-    """SIGKILL every process of ``uid`` until none is left (forks racing the sweep are caught later)."""
-    for _ in range(rounds):
-        pids = live_pids_of_uid(uid)
-        if not pids:
-            return
-        for pid in pids:
-            _kill_if(pid, "Uid", uid)
-        time.sleep(0.001)
-    raise SandboxUnavailableError(f"processes of sandbox uid {uid} survive SIGKILL: {live_pids_of_uid(uid)}")
-
-
-def _kill_children(parent_pid: int) -> None:
-    """SIGKILL the live children of ``parent_pid`` (the launcher's only child is the reaper)."""
-    children = Path(f"/proc/{parent_pid}/task/{parent_pid}/children")
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        for pid in children.read_text().split():
-            _kill_if(int(pid), "PPid", parent_pid)
-
-
-def _kill_if(pid: int, status_field: str, expected: int) -> None:
-    """SIGKILL ``pid`` through a pidfd if its status field (``Uid``, ``PPid``) still starts with
-    ``expected`` once the pidfd pins it, so a recycled pid is never hit."""
-    with contextlib.suppress(ProcessLookupError):
-        pidfd = os.pidfd_open(pid)
-        try:
-            if _live_status(pid).get(status_field, "").split()[:1] == [str(expected)]:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        finally:
-            os.close(pidfd)
 
 
 # ----------------------------------------------------------------------------- isolation
@@ -544,9 +318,9 @@ class _Run:
         """
         if self.isolation.pid_namespace:
             if not self.exited:
-                _kill_children(self.popen.pid)
+                kill_children(self.popen.pid)
         elif self.uid is not None:
-            _kill_uid(self.uid)
+            kill_uid(self.uid)
         else:
             self.kill_group()
 
@@ -566,7 +340,7 @@ class _Run:
             os.close(fd)
         shutil.rmtree(self.workdir)
         if self.uid is not None:
-            _UIDS.release(self.uid)
+            UIDS.release(self.uid)
 
     def result(self, timed_out: bool) -> SandboxResult:
         code = self.popen.returncode
@@ -591,7 +365,7 @@ def _readable(fd: int, timeout_seconds: float) -> bool:
 
 def _start(code: str, limits: SandboxLimits, isolation: SandboxIsolation) -> _Run:
     """Create the workdir, write ``main.py`` and start the launcher in a new session."""
-    uid = _UIDS.acquire() if isolation.drops_privileges else None
+    uid = UIDS.acquire() if isolation.drops_privileges else None
     workdir = Path(tempfile.mkdtemp(prefix=f"reinflow-sandbox-{os.getpid()}-"))
     (workdir / "main.py").write_text(code, encoding="utf-8")
     (workdir / "main.py").chmod(0o644)
@@ -600,7 +374,7 @@ def _start(code: str, limits: SandboxLimits, isolation: SandboxIsolation) -> _Ru
     config = _launcher_config(workdir, uid, limits, isolation)
     try:
         popen = subprocess.Popen(
-            [_interpreter(), "-I", "-S", "-c", _LAUNCHER, json.dumps(config)],
+            [_interpreter(), "-I", "-S", "-c", LAUNCHER_SOURCE, json.dumps(config)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -611,7 +385,7 @@ def _start(code: str, limits: SandboxLimits, isolation: SandboxIsolation) -> _Ru
     except OSError:  # e.g. the trainer is out of fds or processes: undo, then re-raise
         shutil.rmtree(workdir)
         if uid is not None:
-            _UIDS.release(uid)
+            UIDS.release(uid)
         raise
     run = _Run(popen, workdir, os.pidfd_open(popen.pid), uid, isolation, started=time.monotonic())
     for pipe in (popen.stdout, popen.stderr):

@@ -29,11 +29,11 @@ from reinflow.sandbox import (
     SandboxLimits,
     SandboxResult,
     format_tool_output,
-    live_pids_of_uid,
     probe_isolation,
     run_python,
     run_python_async,
 )
+from reinflow.sandbox_processes import live_pids_of_uid
 
 PROJECT = Path(__file__).resolve().parents[1]
 SECRET_VAR = "REINFLOW_TEST_API_KEY"
