@@ -1,6 +1,6 @@
 """The GSM8K math agent: a ReAct agent with a sandboxed ``execute_python_code`` tool.
 
-The agent thinks, may run Python (in the sandbox: ``reinflow.python_tool``) as many times as its
+The agent thinks, may run Python (in the sandbox: ``reinflow.sandbox``) as many times as its
 ReAct budget allows, and ends with a structured ``FinalResult``; its ``answer`` is registered for
 the judge. See docs/MATH_AGENT.md for the AgentScope 1.x → 2.x mapping.
 """
@@ -12,9 +12,7 @@ from agentscope.message import UserMsg
 from agentscope.tool import Toolkit
 from pydantic import BaseModel, ConfigDict, Field
 
-from reinflow import Task, TunedModel, Workflow, WorkflowOutput
-from reinflow.python_tool import execute_python_code_tool
-from reinflow.sandbox import SandboxLimits
+from reinflow import SandboxLimits, Task, TunedModel, Workflow, WorkflowOutput, execute_python_code_tool
 
 SYSTEM_PROMPT = (
     "You are a math assistant. Solve the problem step by step. You can run Python with the "

@@ -45,11 +45,11 @@ import yaml
 from tokenizers import Tokenizer
 
 from reinflow.config import load_config
-from reinflow.episode_schema import JUDGED_SCHEMA
+from reinflow.rollout.episode_schema import JUDGED_SCHEMA
 from reinflow.logview.server import serve_in_thread
 from reinflow.logview.settings import LogviewSettings
-from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
-from reinflow.run_state import RunInfo
+from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
+from reinflow.run.run_state import RunInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "bench/run-20990101-000000"

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from reinflow.models import SMOLLM2, resolve_model
+from reinflow.config.models import SMOLLM2, resolve_model
 
 ARCHITECTURES = {
     # Qwen/Qwen2.5-0.5B-Instruct's config.json

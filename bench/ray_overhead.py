@@ -41,10 +41,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from reinflow.config import ExperimentConfig
-from reinflow.models import SMOLLM2, resolve_model
-from reinflow.policy import PolicyTrainer
-from reinflow.ray_policy import RayPolicyGroup, init_ray
-from reinflow.train_batch import TrainSample
+from reinflow.config.models import SMOLLM2, resolve_model
+from reinflow.training.policy import PolicyTrainer
+from reinflow.distributed.policy_group import RayPolicyGroup, init_ray
+from reinflow.training.train_batch import TrainSample
 
 
 def make_config(backbone: str, workers: int, cpus_per_worker: float, model: str) -> ExperimentConfig:

@@ -49,7 +49,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reinflow.engines.base import SamplingParams
 from reinflow.engines.hf import HFEngine
-from reinflow.models import SMOLLM2, resolve_model
+from reinflow.config.models import SMOLLM2, resolve_model
 
 FALLBACK_QUESTIONS = [
     "A baker makes 24 muffins and sells 3 boxes of 5. How many muffins are left?",

@@ -112,7 +112,7 @@ class RssSampler:
 
 def synthetic_batch(episodes: int, tokens: int, prompt_tokens: int, vocab: int, seed: int = 0) -> list:
     """``episodes`` samples of ``tokens`` ids; groups of two with advantages +1 / -1."""
-    from reinflow.train_batch import TrainSample
+    from reinflow.training.train_batch import TrainSample
 
     rng = random.Random(seed)
     samples = []
@@ -127,7 +127,7 @@ def synthetic_batch(episodes: int, tokens: int, prompt_tokens: int, vocab: int, 
 def worker(args: argparse.Namespace) -> dict:
     """One side and configuration, in this (fresh) process: load, warm up, time ``args.steps`` steps."""
     from reinflow.config import FullTuning, LoraTuning, load_config
-    from reinflow.models import resolve_model
+    from reinflow.config.models import resolve_model
 
     torch.set_num_threads(THREADS)
     side, tuning = ("trl", args.worker[4:]) if args.worker.startswith("trl-") else ("ours", args.worker)
@@ -141,7 +141,7 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 def _our_steps(args: argparse.Namespace, config, folder: Path) -> dict:
-    from reinflow.policy import PolicyTrainer
+    from reinflow.training.policy import PolicyTrainer
 
     trainer = PolicyTrainer(config, folder, device="cpu")
     samples = synthetic_batch(args.episodes, args.tokens, args.prompt_tokens, trainer.model.config.vocab_size)

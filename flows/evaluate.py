@@ -13,14 +13,14 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.prepare_data import prepare_data
-from reinflow.checkpoint import latest_checkpoint, read_checkpoint
+from reinflow.run.checkpoint import latest_checkpoint, read_checkpoint
 from reinflow.config import load_config
-from reinflow.evaluation import evaluate_policy
-from reinflow.judge import load_judge
-from reinflow.rollout_runtime import runtime_for
-from reinflow.run_state import experiment_dir
-from reinflow.training_session import create_policy
-from reinflow.models import resolve_model
+from reinflow.run.evaluation import evaluate_policy
+from reinflow.judging.judge import load_judge
+from reinflow.run.rollout_runtime import runtime_for
+from reinflow.run.run_state import experiment_dir
+from reinflow.run.session import create_policy
+from reinflow.config.models import resolve_model
 
 
 @flow(name="evaluate")

@@ -16,12 +16,12 @@ from prefect import flow, get_run_logger
 from flows.prepare_data import prepare_data
 from reinflow.config import load_config
 from reinflow.faults import crash_point
-from reinflow.run_artifacts import log_config, log_final_policy, log_reward_curve, log_trajectory_sample
-from reinflow.run_state import new_run, run_to_resume
-from reinflow.run_summary import run_summary
-from reinflow.stage_timer import iteration_summary, timed
-from reinflow.tracking import finish_run, log_iteration, log_metric, start_run, tracking_uri
-from reinflow.training_session import SESSIONS, TrainingSession, close_session, open_session
+from reinflow.run.artifacts import log_config, log_final_policy, log_reward_curve, log_trajectory_sample
+from reinflow.run.run_state import new_run, run_to_resume
+from reinflow.tracking.summary import run_summary
+from reinflow.run.stage_timer import iteration_summary, timed
+from reinflow.tracking.mlflow_run import finish_run, log_iteration, log_metric, start_run, tracking_uri
+from reinflow.run.session import SESSIONS, TrainingSession, close_session, open_session
 from tasks.checkpoint import checkpoint
 from tasks.evaluate import evaluate
 from tasks.judge import judge

@@ -23,7 +23,7 @@ calls the LLM. ``is_success`` is always the correctness alone.
 
 Failures are loud: a reply without the asked-for ``VERDICT:``/``SCORE:`` line, a timeout, an
 unreachable server or an HTTP error raise :class:`JudgeLlmError`, which the judge runner
-(:func:`reinflow.judge.judge_one`) records as this episode's ``judge_error``: the episode is left
+(:func:`reinflow.judging.judge.judge_one`) records as this episode's ``judge_error``: the episode is left
 out of the update rather than given reward 0. The runner's own ``judge.timeout_seconds`` bounds
 the whole call; the client's ``timeout_seconds`` bounds each HTTP attempt (with ``max_retries``
 retries on top), so keep ``timeout_seconds * (max_retries + 1)`` below the runner's.
@@ -58,9 +58,9 @@ from judges.llm_verdict import (
     transcript_of,
 )
 from judges.math_answer import AnswerVerdict, MathAnswerJudge
-from reinflow.config_errors import ConfigError
-from reinflow.judge import Judge
-from reinflow.models import SMOLLM2
+from reinflow.config.errors import ConfigError
+from reinflow.judging.judge import Judge
+from reinflow.config.models import SMOLLM2
 
 if TYPE_CHECKING:
     from reinflow.engines.base import Engine
@@ -137,7 +137,7 @@ class LocalJudgeOptions(_CommonOptions):
     backend: Literal["local"] = Field(description="The discriminator of this choice.")
     model_path: str = Field(
         SMOLLM2, min_length=1,
-        description="Model name as reinflow.models.resolve_model reads it (builtin:..., a folder or a hub id).",
+        description="Model name as reinflow.config.models.resolve_model reads it (builtin:..., a folder or a hub id).",
     )
     max_model_len: int = Field(8192, ge=256, le=131_072, description="Prompt + reply tokens the engine holds.")
 
@@ -348,7 +348,7 @@ def _start_local_engine(options: LocalJudgeOptions) -> tuple[Engine, Any]:
     from transformers import AutoTokenizer
 
     from reinflow.engines.factory import create_engine
-    from reinflow.models import resolve_model
+    from reinflow.config.models import resolve_model
 
     folder = resolve_model(options.model_path)
     engine = create_engine("hf", folder, max_model_len=options.max_model_len, max_batch_size=8)

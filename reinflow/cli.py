@@ -21,10 +21,10 @@ import typer
 from rich.console import Console
 
 from reinflow.config import DataConfig, load_config
-from reinflow.config_errors import ConfigError
+from reinflow.config.errors import ConfigError
 from reinflow.errors import ReinflowError, RunInterrupted
-from reinflow.models import ModelResolutionError, resolve_model
-from reinflow.preflight import check_data, check_experiment
+from reinflow.config.models import ModelResolutionError, resolve_model
+from reinflow.run.preflight import check_data, check_experiment
 
 app = typer.Typer(
     name="reinflow",
@@ -97,7 +97,7 @@ def rollout(
     episodes: Annotated[int, typer.Option("--episodes", help="Episodes to run for that task.", min=1)] = 1,
 ) -> None:
     """Run one task in this process and print each episode turn by turn (breakpoints work)."""
-    from reinflow.debug_rollout import debug_rollout, print_episode
+    from reinflow.run.debug_rollout import debug_rollout, print_episode
 
     try:
         config = load_config(conf, overrides or [])

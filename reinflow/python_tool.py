@@ -1,32 +1,17 @@
-"""The ``execute_python_code`` tool for AgentScope agents: model-written code runs in the sandbox.
+"""Deprecated path of the ``execute_python_code`` tool; it moved to :mod:`reinflow.sandbox.python_tool`.
 
-    toolkit = Toolkit(tools=[execute_python_code_tool()])
-
-Code never runs in the trainer's process (see ``reinflow.sandbox`` and docs/SANDBOX.md). Like a
-notebook cell, the value of a final bare expression is printed (``echo_last_expression``).
+Import it as ``from reinflow import execute_python_code_tool``. This module goes in the next release.
 """
 
-from __future__ import annotations
+import warnings
 
-from agentscope.permission import PermissionBehavior, PermissionDecision
-from agentscope.tool import FunctionTool
+from reinflow.sandbox.python_tool import execute_python_code_tool
 
-from reinflow.notebook_cell import echo_last_expression
-from reinflow.sandbox import SandboxLimits, format_tool_output, run_python_async
+warnings.warn(
+    "reinflow.python_tool is deprecated and will be removed in the next release; "
+    "use `from reinflow import execute_python_code_tool`",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
-
-def execute_python_code_tool(limits: SandboxLimits | None = None, echo_last_value: bool = True) -> FunctionTool:
-    """An always-allowed AgentScope tool that runs Python code in the sandbox and returns its output."""
-
-    async def execute_python_code(code: str) -> str:
-        """Run Python code and return what it prints. The value of a final bare expression is shown.
-
-        Args:
-            code (str): The Python source code to run.
-        """
-        source = echo_last_expression(code) if echo_last_value else code
-        result = await run_python_async(source, limits)
-        return format_tool_output(result)
-
-    allow = PermissionDecision(behavior=PermissionBehavior.ALLOW, message="sandboxed Python is always allowed")
-    return FunctionTool(execute_python_code, name="execute_python_code", permission=allow)
+__all__ = ["execute_python_code_tool"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from reinflow.training_session import SESSIONS, save_checkpoint
+from reinflow.run.session import SESSIONS, save_checkpoint
 
 
 @task(name="checkpoint", task_run_name="checkpoint-iter-{iteration}", cache_policy=NO_CACHE)

@@ -7,8 +7,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from reinflow.evaluation import evaluate_policy
-from reinflow.training_session import SESSIONS
+from reinflow.run.evaluation import evaluate_policy
+from reinflow.run.session import SESSIONS
 from tasks.progress import stage_progress
 
 

@@ -11,8 +11,8 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from reinflow.config import ExperimentConfig
 from reinflow.faults import crash_point
-from reinflow.judge import load_judge
-from reinflow.judge_rollouts import judge_rollout_file
+from reinflow.judging.judge import load_judge
+from reinflow.judging.judge_rollouts import judge_rollout_file
 from tasks.progress import stage_progress
 
 

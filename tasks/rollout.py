@@ -10,7 +10,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from reinflow.config import ExperimentConfig
 from reinflow.faults import crash_point
-from reinflow.rollout_runtime import rollout_iteration, runtime_for
+from reinflow.run.rollout_runtime import rollout_iteration, runtime_for
 from tasks.progress import stage_progress
 
 

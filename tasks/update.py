@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from reinflow.faults import crash_point
-from reinflow.training_session import SESSIONS, update_policy
+from reinflow.run.session import SESSIONS, update_policy
 from tasks.progress import count_progress
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import reinflow.checkpoint as checkpoint
-from reinflow.checkpoint import (
+import reinflow.run.checkpoint as checkpoint
+from reinflow.run.checkpoint import (
     COMPLETE,
     CheckpointError,
     ConfigChangedError,
@@ -22,9 +22,9 @@ from reinflow.checkpoint import (
     write_checkpoint,
 )
 from reinflow.config import ExperimentConfig
-from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
-from reinflow.policy import PolicyTrainer
-from reinflow.train_batch import TrainSample
+from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
+from reinflow.training.policy import PolicyTrainer
+from reinflow.training.train_batch import TrainSample
 
 LORA = {"type": "lora", "rank": 4, "alpha": 8.0, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
 

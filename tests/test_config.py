@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from reinflow.config import ExperimentConfig, load_config
-from reinflow.config_errors import ConfigError
-from reinflow.overrides import parse_override
+from reinflow.config.errors import ConfigError
+from reinflow.config.overrides import parse_override
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

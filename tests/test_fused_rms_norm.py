@@ -10,9 +10,9 @@ from torch import nn
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
-from reinflow.fused_rms_norm import fuse_rms_norms
-from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
-from reinflow.policy import PolicyTrainer
+from reinflow.training.fused_rms_norm import fuse_rms_norms
+from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
+from reinflow.training.policy import PolicyTrainer
 from tests.test_policy import make_config
 
 

@@ -1,4 +1,4 @@
-"""reinflow.grpo against slow loop references (plain Python over groups, sequences and tokens)."""
+"""reinflow.training.grpo against slow loop references (plain Python over groups, sequences and tokens)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from reinflow.grpo import (
+from reinflow.training.grpo import (
     aggregate,
     clipped_surrogate_loss,
     entropy_from_logits,

@@ -19,7 +19,7 @@ from reinflow.engines.base import Generation, SamplingParams
 from reinflow.engines.factory import create_engine
 from reinflow.engines.hf import EngineBusyError, EngineClosedError, HFEngine
 from reinflow.engines.packed_decoder import FusedLinear, matmul_attention
-from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
+from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
 
 PROMPTS = [[1, 9, 40, 7], [1, *range(300, 311)], [1, 5], [1, 77, 88, 99, 111, 222, 333], [1, *range(1000, 1040)],
            [1, 42, 42, 42, 42, 42]]

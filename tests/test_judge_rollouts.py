@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from reinflow.config import JudgeConfig
-from reinflow.episode_schema import JUDGED_SCHEMA, ROLLOUT_SCHEMA
-from reinflow.judge import Judge, judge_all, load_judge
-from reinflow.judge_rollouts import judge_metrics, judge_rollout_file
-from reinflow.plugins import PluginError
+from reinflow.rollout.episode_schema import JUDGED_SCHEMA, ROLLOUT_SCHEMA
+from reinflow.judging.judge import Judge, judge_all, load_judge
+from reinflow.judging.judge_rollouts import judge_metrics, judge_rollout_file
+from reinflow.config.plugins import PluginError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -137,7 +137,7 @@ def test_metrics_of_an_empty_or_all_failed_file():
 def test_judge_stage_on_a_file_made_by_the_rollout_runner(tmp_path):
     from test_rollout import _config, _prepare
 
-    from reinflow.rollout_runtime import build_runtime, rollout_iteration
+    from reinflow.run.rollout_runtime import build_runtime, rollout_iteration
 
     config = _config("quickstart.yaml", tmp_path, "data.source.sizes={train: 10, test: 5}")
     runtime = build_runtime(config, ROOT)

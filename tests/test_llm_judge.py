@@ -38,9 +38,9 @@ from judges.llm_verdict import (
     build_judge_messages,
     parse_judge_reply,
 )
-from reinflow.config_errors import ConfigError
-from reinflow.judge import judge_all, judge_one
-from reinflow.workflow import Task
+from reinflow.config.errors import ConfigError
+from reinflow.judging.judge import judge_all, judge_one
+from reinflow.rollout.workflow import Task
 
 KEY_ENV = "REINFLOW_TEST_JUDGE_KEY"
 SECRET = "sk-test-7f3a9c1e-do-not-leak-0b5d"

@@ -18,7 +18,7 @@ import yaml
 from starlette.testclient import TestClient
 
 from reinflow.config import load_config
-from reinflow.episode_schema import JUDGED_SCHEMA, ROLLOUT_SCHEMA
+from reinflow.rollout.episode_schema import JUDGED_SCHEMA, ROLLOUT_SCHEMA
 from reinflow.logview import episodes
 from reinflow.logview.app import create_app
 from reinflow.logview.cache import FileCache
@@ -26,7 +26,7 @@ from reinflow.logview.runs import NotFound, episode_sets, find_run, list_runs
 from reinflow.logview.server import LOOPBACK_NAMES, exposure_warning, is_loopback
 from reinflow.logview.settings import LogviewSettings
 from reinflow.logview.views import Viewer
-from reinflow.run_state import RunInfo
+from reinflow.run.run_state import RunInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "<script>alert(1)</script>"

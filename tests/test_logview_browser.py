@@ -27,12 +27,12 @@ from reinflow.config import load_config
 from reinflow.data.normalize import normalize_rows, row_format
 from reinflow.data.shards import write_shards
 from reinflow.data.sources import iter_source_rows
-from reinflow.judge import load_judge
-from reinflow.judge_rollouts import judge_rollout_file
+from reinflow.judging.judge import load_judge
+from reinflow.judging.judge_rollouts import judge_rollout_file
 from reinflow.logview.server import RunningServer, serve_in_thread
 from reinflow.logview.settings import LogviewSettings
-from reinflow.rollout_runtime import RolloutRuntime, build_runtime, rollout_iteration
-from reinflow.run_state import RunInfo
+from reinflow.run.rollout_runtime import RolloutRuntime, build_runtime, rollout_iteration
+from reinflow.run.run_state import RunInfo
 
 # ~30 s of CPU on 2 cores (tiny model, two rollouts, Chromium): over the fast suite's budget, so CI
 # runs them with the slow suite (`make test-slow`)

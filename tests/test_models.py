@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reinflow import models
-from reinflow.models import ModelResolutionError, resolve_model
+from reinflow.config import models
+from reinflow.config.models import ModelResolutionError, resolve_model
 
 PROMPT = [{"role": "user", "content": "What is 12 plus 30? Answer with a number."}]
 

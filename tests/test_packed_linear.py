@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
-from reinflow.packed_linear import PackedLinear, pack_linears, repack, supported
-from reinflow.policy import PolicyTrainer
-from reinflow.train_batch import TrainSample
+from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
+from reinflow.training.packed_linear import PackedLinear, pack_linears, repack, supported
+from reinflow.training.policy import PolicyTrainer
+from reinflow.training.train_batch import TrainSample
 from tests.test_policy import make_config
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")

@@ -13,14 +13,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import AutoModelForCausalLM
 
-from reinflow import grpo
+from reinflow.training import grpo
 from reinflow.config import ExperimentConfig
 from reinflow.engines.base import SamplingParams
 from reinflow.engines.hf import HFEngine
-from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
-from reinflow.head_log_probs import head_log_probs
-from reinflow.policy import PolicyTrainer
-from reinflow.train_batch import TrainSample, batch_normalizer
+from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
+from reinflow.training.head_log_probs import head_log_probs
+from reinflow.training.policy import PolicyTrainer
+from reinflow.training.train_batch import TrainSample, batch_normalizer
 
 LORA = {"type": "lora", "rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj", "up_proj"]}
 PROMPT = [1, 50, 51, 52, 53]

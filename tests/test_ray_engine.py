@@ -1,4 +1,4 @@
-"""Engine replicas on Ray (`reinflow.engines.ray_replicas`) on the tiny random Llama: the router
+"""Engine replicas on Ray (`reinflow.distributed.engine_replicas`) on the tiny random Llama: the router
 (least in flight, prefix affinity; pure), the config, `engine_for`, two replicas giving exactly what
 one in-process `HFEngine` gives (seeded and unseeded requests), the weight hand-off reaching every
 replica (and back), a rejected request re-raised as it is, a lost replica surfacing as
@@ -26,11 +26,11 @@ import torch
 from safetensors.torch import load_file
 
 from reinflow.config import ExperimentConfig
-from reinflow.engines import factory
+from reinflow.run import rollout_runtime
 from reinflow.engines.base import Generation, SamplingParams
 from reinflow.engines.hf import HFEngine
-from reinflow.engines.ray_replicas import MIN_AFFINE_TOKENS, EngineReplicaLost, RayEngineReplicas, ReplicaRouter
-from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
+from reinflow.distributed.engine_replicas import MIN_AFFINE_TOKENS, EngineReplicaLost, RayEngineReplicas, ReplicaRouter
+from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
 
 ray = pytest.importorskip("ray")
 
@@ -164,11 +164,11 @@ def test_config_replicas_default_to_the_in_process_engine_and_vllm_replicas_need
 
 def test_engine_for_builds_replicas_only_above_one(monkeypatch, folder):
     built = []
-    monkeypatch.setattr("reinflow.engines.ray_replicas.RayEngineReplicas",
+    monkeypatch.setattr("reinflow.distributed.engine_replicas.RayEngineReplicas",
                         lambda config, model_folder: built.append((config.rollout.engine_replicas, model_folder)))
-    factory.engine_for(make_config(3), folder)
+    rollout_runtime.engine_for(make_config(3), folder)
     assert built == [(3, folder)]
-    engine = factory.engine_for(make_config(1), folder)
+    engine = rollout_runtime.engine_for(make_config(1), folder)
     assert isinstance(engine, HFEngine) and built == [(3, folder)]
     asyncio.run(engine.close())
 
@@ -239,8 +239,8 @@ def _two_node_main(out: str) -> None:
     Either node could hold both of either, so one per node is the placement's doing."""
     from ray.cluster_utils import Cluster
 
-    from reinflow.ray_policy import RayPolicyGroup
-    from reinflow.train_batch import TrainSample
+    from reinflow.distributed.policy_group import RayPolicyGroup
+    from reinflow.training.train_batch import TrainSample
 
     started = time.perf_counter()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
@@ -250,7 +250,7 @@ def _two_node_main(out: str) -> None:
     folder = resolve_model(TINY_RANDOM_LLAMA)
     config = make_config(2, backbone="ray", workers=2)
     config.train.ray_address = cluster.address
-    engine = factory.engine_for(config, folder)
+    engine = rollout_runtime.engine_for(config, folder)
     group = RayPolicyGroup(config, folder, timeout_s=120)
     batch = requests()
     before = asyncio.run(run_all(engine, batch))

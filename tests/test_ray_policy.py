@@ -1,4 +1,4 @@
-"""The Ray backbone (`reinflow.ray_policy`) on the tiny random Llama: the same update as the debug
+"""The Ray backbone (`reinflow.distributed.policy_group`) on the tiny random Llama: the same update as the debug
 backbone (full tuning with 2 and 1 workers, LoRA with 2), a state round trip, the weight
 hand-off, a lost worker surfacing as `RayWorkerLost` without a hang, the fixed per-iteration
 overhead (measured, printed, not asserted), the cluster address (`train.ray_address`, else
@@ -25,12 +25,12 @@ import numpy as np
 import pytest
 import torch
 
-from reinflow.checkpoint import read_checkpoint, write_checkpoint
+from reinflow.run.checkpoint import read_checkpoint, write_checkpoint
 from reinflow.config import ExperimentConfig
-from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
-from reinflow.policy import PolicyTrainer
-from reinflow.ray_policy import RayPolicyGroup, RayWorkerLost, cluster_address, combine_metrics, shard_samples
-from reinflow.train_batch import TrainSample, batch_normalizer
+from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
+from reinflow.training.policy import PolicyTrainer
+from reinflow.distributed.policy_group import RayPolicyGroup, RayWorkerLost, cluster_address, combine_metrics, shard_samples
+from reinflow.training.train_batch import TrainSample, batch_normalizer
 
 ray = pytest.importorskip("ray")
 

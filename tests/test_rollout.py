@@ -13,9 +13,9 @@ from reinflow.config import load_config
 from reinflow.data.normalize import normalize_rows, row_format
 from reinflow.data.shards import write_shards
 from reinflow.data.sources import iter_source_rows
-from reinflow.episode_schema import ROLLOUT_SCHEMA
-from reinflow.plugins import PluginError
-from reinflow.rollout_runtime import build_runtime, load_workflow, rollout_iteration
+from reinflow.rollout.episode_schema import ROLLOUT_SCHEMA
+from reinflow.config.plugins import PluginError
+from reinflow.run.rollout_runtime import build_runtime, load_workflow, rollout_iteration
 
 ROOT = Path(__file__).resolve().parents[1]
 GSM8K_DIR = Path(os.environ.get("REINFLOW_GSM8K_DIR", ROOT.parent / "shared" / "data" / "gsm8k"))

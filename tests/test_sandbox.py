@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from reinflow.sandbox import (
+from reinflow.sandbox.runner import (
     MIB,
     SandboxIsolation,
     SandboxLimits,
@@ -33,7 +33,7 @@ from reinflow.sandbox import (
     run_python,
     run_python_async,
 )
-from reinflow.sandbox_processes import live_pids_of_uid
+from reinflow.sandbox.processes import live_pids_of_uid
 
 PROJECT = Path(__file__).resolve().parents[1]
 SECRET_VAR = "REINFLOW_TEST_API_KEY"
@@ -381,7 +381,7 @@ def test_secret_in_real_parent_environ_is_not_readable(tmp_path: Path) -> None:
         "            print(pid, name, type(e).__name__)\n"
     )
     trainer = (
-        "import json, sys\nfrom reinflow.sandbox import SandboxLimits, run_python\n"
+        "import json, sys\nfrom reinflow.sandbox.runner import SandboxLimits, run_python\n"
         f"assert {SECRET!r}.encode() in open('/proc/self/environ', 'rb').read()\n"
         f"r = run_python({program!r}, SandboxLimits(wall_seconds=5))\n"
         "print(json.dumps([r.stdout, r.stderr, r.exit_code]))\n"

@@ -7,8 +7,8 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from reinflow.run_summary import run_summary
-from reinflow.stage_timer import iteration_summary, timed
+from reinflow.tracking.summary import run_summary
+from reinflow.run.stage_timer import iteration_summary, timed
 
 
 def test_timed_adds_up_repeated_blocks_and_records_a_block_that_raised():

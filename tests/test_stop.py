@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from reinflow import pidfiles
+from reinflow.run import pidfiles
 from reinflow.logview.background import background_name, ensure_background_logview
 
 REINFLOW = [sys.executable, "-c", "from reinflow.cli import main; main()"]

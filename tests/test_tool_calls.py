@@ -6,8 +6,8 @@ import doctest
 
 import pytest
 
-from reinflow import tool_calls
-from reinflow.tool_calls import MalformedToolCall, ToolCall, format_tool_call, parse_tool_calls
+from reinflow.rollout import tool_calls
+from reinflow.rollout.tool_calls import MalformedToolCall, ToolCall, format_tool_call, parse_tool_calls
 
 TOOLS = {"add", "search"}
 

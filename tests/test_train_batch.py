@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from reinflow.config import TrainConfig
-from reinflow.episode_schema import JUDGED_SCHEMA
-from reinflow.train_batch import TrainSample, load_train_batch, micro_batches
+from reinflow.rollout.episode_schema import JUDGED_SCHEMA
+from reinflow.training.train_batch import TrainSample, load_train_batch, micro_batches
 
 
 def sample(prompt: int, generated: int, first: int = 10) -> dict:

@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from helpers.train_run import BACKBONES, history as _history, project as _project, run_dir as _run_dir, train as _train
-from reinflow.checkpoint import latest_checkpoint, list_checkpoints
+from reinflow.run.checkpoint import latest_checkpoint, list_checkpoints
 
 
 @pytest.mark.slow

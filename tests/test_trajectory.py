@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from reinflow import trajectory
-from reinflow.trajectory import build_samples
+from reinflow.rollout import trajectory
+from reinflow.rollout.trajectory import build_samples
 
 EOS, NL = 2, 198  # an end-of-turn token and the template's newline after it
 

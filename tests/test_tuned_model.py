@@ -28,10 +28,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reinflow import Task, TunedModel, Workflow, WorkflowOutput
 from reinflow.config import RolloutConfig
-from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
-from reinflow.trajectory import build_samples
-from reinflow.chat_format import INVALID_TOOL_CALL, NonReproduciblePrompt, PolicyFormatter
-from reinflow.tuned_model import ContextOverflow, EpisodeEnded, TurnLimitReached
+from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
+from reinflow.rollout.trajectory import build_samples
+from reinflow.rollout.chat_format import INVALID_TOOL_CALL, NonReproduciblePrompt, PolicyFormatter
+from reinflow.rollout.tuned_model import ContextOverflow, EpisodeEnded, TurnLimitReached
 
 ADD_CALL = 'Let me add.\n<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
 FINAL = "The sum is 5."

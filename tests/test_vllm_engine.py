@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM
 from reinflow.engines.base import SamplingParams
 from reinflow.engines.factory import create_engine
 from reinflow.engines.vllm import EngineUnavailableError
-from reinflow.models import SMOLLM2, resolve_model
+from reinflow.config.models import SMOLLM2, resolve_model
 
 PROMPTS = [  # chat-templated "What is 2+2?" and "Count to ten." (the built-in model's template)
     [1, 4093, 198, 1780, 314, 216, 34, 27, 34, 47, 2, 198, 1, 520, 9531, 198],

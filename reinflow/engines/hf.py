@@ -72,7 +72,7 @@ _MIN_REUSED_TOKENS = 8
 
 class EngineClosedError(RunInterrupted):
     """``generate`` was called on an engine that is closed (or whose scheduler failed). A rollout
-    stops at it (``reinflow.rollout``): it is the engine's failure, not an episode's."""
+    stops at it (``reinflow.rollout.runner``): it is the engine's failure, not an episode's."""
 
 
 class EngineBusyError(RuntimeError):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reinflow import pidfiles
+from reinflow.run import pidfiles
 from reinflow.errors import ReinflowError
 
 START_TIMEOUT_SECONDS = 60.0

@@ -1,6 +1,6 @@
 """The reward curve of a run, from its episode files: per training iteration the mean reward,
 success rate and format-error rate (the same definitions as the training metrics in
-``reinflow.judge_rollouts`` and ``reinflow.rollout``), and per greedy evaluation the held-out pass@1."""
+``reinflow.judging.judge_rollouts`` and ``reinflow.rollout.runner``), and per greedy evaluation the held-out pass@1."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ SERIES = {
     "format_error_rate": "format-error rate",
     "pass_at_1": "held-out pass@1",
 }
-"""Curve keys and their legend labels (the same curves as ``reinflow.plots``)."""
+"""Curve keys and their legend labels (the same curves as ``reinflow.tracking.plots``)."""
 
 
 def set_stats(rows: Sequence[dict[str, Any]]) -> dict[str, float | int | None]:

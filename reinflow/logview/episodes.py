@@ -58,7 +58,7 @@ def _advantages(rows: list[dict[str, Any]], normalize_std: bool) -> list[float |
     """What the GRPO update gives each episode (``train_batch.episode_advantages``, i.e.
     ``grpo.group_advantages``); imported on first use: torch takes seconds to import, and a
     logview with no judged file yet should start without it."""
-    from reinflow.train_batch import episode_advantages
+    from reinflow.training.train_batch import episode_advantages
 
     return episode_advantages(rows, normalize_std)[0]
 

@@ -1,6 +1,6 @@
 """What is on disk: the runs under a runs folder and the episode sets of each run.
 
-A run is ``<runs_dir>/<experiment>/<run>/`` with a ``run.json`` (``reinflow.run_state``). Its
+A run is ``<runs_dir>/<experiment>/<run>/`` with a ``run.json`` (``reinflow.run.run_state``). Its
 episode sets are the training iterations (``judged/iter_N.parquet``, or ``rollouts/iter_N.parquet``
 while the judge has not finished) and the held-out evaluations (``eval/iter_N/greedy*.parquet``,
 ``sampled*.parquet``; the same tasks every time, so two evaluations compare task by task). Every
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reinflow.config import TrainConfig, load_config
-from reinflow.config_errors import ConfigError
+from reinflow.config.errors import ConfigError
 from reinflow.errors import ReinflowError
-from reinflow.run_state import RUN_FILE
+from reinflow.run.run_state import RUN_FILE
 
 log = logging.getLogger(__name__)
 

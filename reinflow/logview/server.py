@@ -16,7 +16,7 @@ from pathlib import Path
 
 import uvicorn
 
-from reinflow import pidfiles
+from reinflow.run import pidfiles
 from reinflow.logview.settings import LogviewSettings
 
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1"]
@@ -57,7 +57,7 @@ def _server(settings: LogviewSettings) -> uvicorn.Server:
     from reinflow.logview.views import Viewer
 
     # torch (for the advantages) takes seconds to import: start now, so the first page does not wait
-    threading.Thread(target=importlib.import_module, args=("reinflow.train_batch",), daemon=True).start()
+    threading.Thread(target=importlib.import_module, args=("reinflow.training.train_batch",), daemon=True).start()
     hosts = [*LOOPBACK_NAMES, settings.host] if is_loopback(settings.host) else ["*"]
     app = create_app(Viewer(settings), hosts)
     return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))

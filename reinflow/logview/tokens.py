@@ -15,7 +15,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from reinflow.errors import ReinflowError
-from reinflow.models import resolve_model
+from reinflow.config.models import resolve_model
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-import reinflow.rollout_runtime as rollout_runtime
+import reinflow.run.rollout_runtime as rollout_runtime
 from reinflow.engines.hf import HFEngine
 
 FAULT_ENV = "REINFLOW_ENGINE_FAULT_AT"

@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 from agents.quickstart_agent import QuickstartAgent
 from reinflow.config import RolloutConfig
 from reinflow.engines.hf import HFEngine
-from reinflow.models import resolve_model
-from reinflow.rollout import plan_episodes, run_rollout
-from reinflow.tuned_model import TunedModel
-from reinflow.workflow import Task
+from reinflow.config.models import resolve_model
+from reinflow.rollout.runner import plan_episodes, run_rollout
+from reinflow.rollout.tuned_model import TunedModel
+from reinflow.rollout.workflow import Task
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

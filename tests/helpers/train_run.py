@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from reinflow.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
+from reinflow.run.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
 from reinflow.config import load_config
-from reinflow.task_cursor import next_tasks
+from reinflow.data.task_cursor import next_tasks
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "tests" / "configs" / "tiny_e2e.yaml"

@@ -2,7 +2,7 @@
 
 Each row mutates a valid experiment YAML (or the files it names) and lists the fragments the one
 error line must hold: the config file and the key path, or the class path. Every row fails before
-Prefect starts (``reinflow.preflight``), so none of them costs a flow run.
+Prefect starts (``reinflow.run.preflight``), so none of them costs a flow run.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from reinflow.cli import app
 from reinflow.config import load_config
-from reinflow.preflight import check_experiment
+from reinflow.run.preflight import check_experiment
 
 PROMISE = "bad config: one-line error naming the culprit"
 

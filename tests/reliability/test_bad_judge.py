@@ -19,9 +19,9 @@ from transformers import AutoTokenizer
 
 from reinflow import Judge, Task, TunedModel, Workflow, WorkflowOutput
 from reinflow.config import JudgeConfig
-from reinflow.judge_rollouts import judge_rollout_file
-from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
-from reinflow.rollout import plan_episodes, run_rollout
+from reinflow.judging.judge_rollouts import judge_rollout_file
+from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
+from reinflow.rollout.runner import plan_episodes, run_rollout
 
 PROMISE = "bad judge: judge_error for that episode, the others judged"
 TIMEOUT_SECONDS = 0.5
@@ -116,7 +116,7 @@ def test_a_hung_sync_judge_does_not_block_interpreter_exit(tmp_path: Path) -> No
     import subprocess
 
     code = (
-        "import asyncio, threading\nfrom reinflow.judge import judge_one\n"
+        "import asyncio, threading\nfrom reinflow.judging.judge import judge_one\n"
         "class J:\n    def compute_reward(self, d):\n        threading.Event().wait()\n"
         "v = asyncio.run(judge_one(J(), {}, 0.2))\nprint(v.judge_error)\n"
     )

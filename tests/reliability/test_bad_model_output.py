@@ -22,9 +22,9 @@ from transformers import AutoTokenizer
 from reinflow import Task, TunedModel, Workflow, WorkflowOutput
 from reinflow.config import RolloutConfig
 from reinflow.engines.base import Generation, SamplingParams
-from reinflow.models import TINY_RANDOM_LLAMA, resolve_model
-from reinflow.rollout import EpisodePlan, run_rollout
-from reinflow.tool_calls import MAX_JSON_DEPTH
+from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
+from reinflow.rollout.runner import EpisodePlan, run_rollout
+from reinflow.rollout.tool_calls import MAX_JSON_DEPTH
 
 PROMISE = "hostile model output: counted format error or clean finish, episode recorded"
 FINAL = "The answer is 2."

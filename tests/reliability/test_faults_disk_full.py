@@ -2,7 +2,7 @@
 
 The run folder sits on a size-limited tmpfs the test mounts (needs root and ``mount``; skipped with
 the reason elsewhere). A checkpoint is written into a temporary folder and renamed into place
-(``reinflow/checkpoint.py``), so a write the disk refuses must leave no half checkpoint under an
+(``reinflow/run/checkpoint.py``), so a write the disk refuses must leave no half checkpoint under an
 ``iter_N`` name, keep the earlier checkpoints loadable, and end the run with one line naming the
 checkpoint and the OS's reason; once space is freed, ``--resume`` finishes the run.
 """
@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from helpers.train_run import EXPERIMENT, assert_run_is_whole, error_line, project, run_dir, train
-from reinflow.checkpoint import CheckpointWriteError, list_checkpoints, read_checkpoint, write_checkpoint
+from reinflow.run.checkpoint import CheckpointWriteError, list_checkpoints, read_checkpoint, write_checkpoint
 from reinflow.config import load_config
-from reinflow.models import resolve_model
+from reinflow.config.models import resolve_model
 
 MIB = 1024 * 1024
 

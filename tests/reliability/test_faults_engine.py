@@ -1,6 +1,6 @@
 """The rollout engine raising mid-batch: the stage fails cleanly and re-runs whole on resume.
 
-The decision (see ``reinflow/rollout.py``): an engine failure is not an episode's failure. Were the
+The decision (see ``reinflow/rollout/runner.py``): an engine failure is not an episode's failure. Were the
 in-flight episodes recorded as ``failed``, their tasks would silently drop out of training (and the
 dead engine would fail every later episode the same way). So the rollout stops with a one-line
 error naming the iteration, how many episodes had finished and the engine's error; the iteration's
@@ -17,7 +17,7 @@ import pytest
 
 from helpers.engine_fault import FAULT_ENV
 from helpers.train_run import assert_run_is_whole, error_line, history, project, run_dir, train
-from reinflow.checkpoint import list_checkpoints
+from reinflow.run.checkpoint import list_checkpoints
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from helpers.train_run import BACKBONES, assert_run_is_whole, error_line, history, project, run_dir, train
-from reinflow.checkpoint import list_checkpoints
+from reinflow.run.checkpoint import list_checkpoints
 from reinflow.faults import CRASH_ENV
 
 RAY = BACKBONES["ray"]

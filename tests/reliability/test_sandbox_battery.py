@@ -1,4 +1,4 @@
-"""Hostile programs against ``reinflow.sandbox``: each contained, with a result that says why, and
+"""Hostile programs against ``reinflow.sandbox.runner``: each contained, with a result that says why, and
 the trainer (this test process) unharmed: alive, its environment unchanged, no stray process left.
 
 Complements ``tests/test_sandbox.py`` (the sandbox's own battery) with the reliability table's
@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from reinflow.sandbox import MIB, SandboxLimits, SandboxResult, probe_isolation, run_python
+from reinflow.sandbox.runner import MIB, SandboxLimits, SandboxResult, probe_isolation, run_python
 
 PROMISE = "sandbox: hostile code contained, trainer unharmed"
 PROJECT = Path(__file__).resolve().parents[2]

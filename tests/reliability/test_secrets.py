@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reinflow.sandbox import probe_isolation, run_python
+from reinflow.sandbox.runner import probe_isolation, run_python
 
 PROMISE = "secrets: read from the environment, written nowhere"
 SECRETS = {

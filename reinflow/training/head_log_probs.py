@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from reinflow.packed_linear import packed_matmul
+from reinflow.training.packed_linear import packed_matmul
 
 HEAD_CHUNK_ROWS = 128
 """Rows of lm_head output computed at once. ``[128, V]`` fp32 is 25 MB for V = 49k: below glibc's

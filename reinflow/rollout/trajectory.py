@@ -3,7 +3,7 @@
 An agent episode is a list of **turns**, one per LLM call: the exact prompt ids sent to the engine,
 the exact ids it generated and their logprobs. Consecutive turns usually share a prefix: the
 prompt of call k+1 is the prompt of call k, then its output, then the tool results and the next
-generation prompt (``reinflow.tuned_model`` builds it that way on purpose). Such turns are
+generation prompt (``reinflow.rollout.tuned_model`` builds it that way on purpose). Such turns are
 **merged** into one sample holding the whole conversation once, with several trained spans;
 training on it costs one forward pass instead of one per turn, and every token keeps the context it
 was generated in.
@@ -33,7 +33,7 @@ from typing import Protocol
 
 
 class TurnTokens(Protocol):
-    """The token record of one LLM call (``reinflow.tuned_model.Turn`` is one)."""
+    """The token record of one LLM call (``reinflow.rollout.tuned_model.Turn`` is one)."""
 
     @property
     def prompt_ids(self) -> Sequence[int]: ...

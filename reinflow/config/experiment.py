@@ -3,7 +3,7 @@
 Every default of reinflow lives here and nowhere else. Every field is bounded and documented;
 unknown keys are errors (``extra="forbid"``); cross-field checks say how to fix the problem.
 Loading a file with a mistake raises :class:`ConfigError`, whose message names the file, the key
-path and the nearest valid key (see ``reinflow.config_errors``).
+path and the nearest valid key (see ``reinflow.config.errors``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from reinflow.config_errors import ConfigError, format_validation_error
-from reinflow.overrides import apply_overrides
+from reinflow.config.errors import ConfigError, format_validation_error
+from reinflow.config.overrides import apply_overrides
 
 
 class Section(BaseModel):

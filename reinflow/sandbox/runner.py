@@ -62,8 +62,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from reinflow.errors import SandboxUnavailableError
-from reinflow.sandbox_launcher import LAUNCHER_SOURCE
-from reinflow.sandbox_processes import UIDS, kill_children, kill_uid
+from reinflow.sandbox.launcher import LAUNCHER_SOURCE
+from reinflow.sandbox.processes import UIDS, kill_children, kill_uid
 
 __all__ = [
     "SandboxIsolation",

@@ -14,14 +14,14 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from reinflow.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
+from reinflow.run.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
 from reinflow.config import ExperimentConfig
-from reinflow.judge import load_judge
-from reinflow.models import resolve_model
-from reinflow.rollout_runtime import RolloutRuntime, runtime_for
-from reinflow.run_state import RunInfo
-from reinflow.tracking import client_for
-from reinflow.train_batch import load_train_batch
+from reinflow.judging.judge import load_judge
+from reinflow.config.models import resolve_model
+from reinflow.run.rollout_runtime import RolloutRuntime, runtime_for
+from reinflow.run.run_state import RunInfo
+from reinflow.tracking.mlflow_run import client_for
+from reinflow.training.train_batch import load_train_batch
 
 SESSIONS: dict[str, TrainingSession] = {}
 
@@ -67,10 +67,10 @@ def open_session(config: ExperimentConfig, project_root: Path, run_dir: Path, in
 def create_policy(config: ExperimentConfig, model_folder: Path) -> Any:
     """The policy update backend: in-process (``debug``) or long-lived Ray workers (``ray``)."""
     if config.backbone == "ray":
-        from reinflow.ray_policy import RayPolicyGroup
+        from reinflow.distributed.policy_group import RayPolicyGroup
 
         return RayPolicyGroup(config, model_folder)
-    from reinflow.policy import PolicyTrainer
+    from reinflow.training.policy import PolicyTrainer
 
     return PolicyTrainer(config, model_folder)
 

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from reinflow.config import JudgeConfig
 from reinflow.errors import ReinflowError
-from reinflow.plugins import PluginError, import_class
+from reinflow.config.plugins import PluginError, import_class
 
 
 class Judge(ABC):

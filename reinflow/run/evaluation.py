@@ -16,11 +16,11 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from reinflow.judge_rollouts import judge_rollout_file
-from reinflow.rollout import plan_episodes, run_rollout
-from reinflow.rollout_runtime import RolloutRuntime
-from reinflow.task_cursor import next_tasks
-from reinflow.tuned_model import TunedModel
+from reinflow.judging.judge_rollouts import judge_rollout_file
+from reinflow.rollout.runner import plan_episodes, run_rollout
+from reinflow.run.rollout_runtime import RolloutRuntime
+from reinflow.data.task_cursor import next_tasks
+from reinflow.rollout.tuned_model import TunedModel
 
 Z_95 = 1.959964
 

@@ -1,5 +1,5 @@
 """The source of the sandbox's launcher (process A) and reaper (process B), run as
-``python -I -S -c LAUNCHER_SOURCE <config json>``; `reinflow.sandbox` says what each process does.
+``python -I -S -c LAUNCHER_SOURCE <config json>``; `reinflow.sandbox.runner` says what each process does.
 
 It is a string, not a module: it runs in a fresh interpreter that imports nothing of reinflow.
 """

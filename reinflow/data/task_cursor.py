@@ -12,7 +12,7 @@ from pathlib import Path
 
 from reinflow.data.shards import load_manifest, read_shards
 from reinflow.data.sources import DataSourceError
-from reinflow.workflow import Task
+from reinflow.rollout.workflow import Task
 
 
 def next_tasks(data_path: Path, split: str, cursor: int, count: int) -> tuple[list[Task], int]:

@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from reinflow.config import ExperimentConfig
-from reinflow.judge import judge_one, load_judge
-from reinflow.judge_rollouts import judge_input_for
-from reinflow.rollout import plan_episodes, run_episode
-from reinflow.rollout_runtime import build_runtime
-from reinflow.task_cursor import next_tasks
+from reinflow.judging.judge import judge_one, load_judge
+from reinflow.judging.judge_rollouts import judge_input_for
+from reinflow.rollout.runner import plan_episodes, run_episode
+from reinflow.run.rollout_runtime import build_runtime
+from reinflow.data.task_cursor import next_tasks
 
 
 def debug_rollout(config: ExperimentConfig, project_root: Path, task_index: int, episodes: int) -> list[dict[str, Any]]:

@@ -21,10 +21,10 @@ scheduler in memory between iterations. One ``train_step`` is one iteration's up
    and gradients sum to the full-batch ones), backward. Then ``_reduce_gradients`` (all-reduce
    SUM over ranks), clip to ``max_grad_norm``, AdamW step (fused), re-pack the packed linear
    layers. Metrics are averaged over epochs (``entropy``: epoch 0's, the policy that sampled).
-   On CPU in fp32 every ``nn.Linear`` runs on oneDNN-packed weights (``reinflow.packed_linear``;
+   On CPU in fp32 every ``nn.Linear`` runs on oneDNN-packed weights (``reinflow.training.packed_linear``;
    the lm_head's forward GEMM only); the trainer re-packs them after every in-place weight change
    (optimizer step, ``load_state``, the initial broadcast). RMSNorms of the Llama/Qwen form run
-   as one autograd node with a hand-written backward (``reinflow.fused_rms_norm``).
+   as one autograd node with a hand-written backward (``reinflow.training.fused_rms_norm``).
 3. The LR scheduler steps **once per iteration** (per ``train_step``), not per optimizer step:
    ``warmup_iterations`` counts iterations, and the epochs of one batch share one LR.
    ``lr(i) = lr * min(1, (i + 1) / (warmup_iterations + 1))`` for the ``i``-th iteration (0-based).
@@ -57,12 +57,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from reinflow import grpo
+from reinflow.training import grpo
 from reinflow.config import ExperimentConfig, LoraTuning
-from reinflow.fused_rms_norm import fuse_rms_norms
-from reinflow.head_log_probs import head_log_probs
-from reinflow.packed_linear import pack_linears, repack, supported
-from reinflow.train_batch import TrainSample, batch_normalizer, micro_batches
+from reinflow.training.fused_rms_norm import fuse_rms_norms
+from reinflow.training.head_log_probs import head_log_probs
+from reinflow.training.packed_linear import pack_linears, repack, supported
+from reinflow.training.train_batch import TrainSample, batch_normalizer, micro_batches
 
 _ADAPTER = "default"
 _BUCKET_ELEMENTS = 1 << 24

@@ -1,7 +1,7 @@
 """Rollout engine replicas on Ray: ``rollout.engine_replicas`` copies of the engine, spread over the nodes.
 
 ``RayEngineReplicas(config, model_folder)`` is an ``Engine`` (``generate``, ``load_weights``,
-``close``) that the rollout uses exactly like the one in-process engine; ``engines.factory.engine_for``
+``close``) that the rollout uses exactly like the one in-process engine; ``run.rollout_runtime.engine_for``
 builds it when ``rollout.engine_replicas > 1``. It is built once per process (the rollout
 runtime is cached) and lives as long as the runtime:
 
@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 from reinflow.config import ExperimentConfig
 from reinflow.errors import RunInterrupted
-from reinflow.ray_policy import (
+from reinflow.distributed.policy_group import (
     DEFAULT_PLACEMENT,
     FORWARDED_ENV,
     PLACEMENT_ENV,
@@ -166,7 +166,7 @@ class _EngineReplica:
         import torch
 
         from reinflow.engines.factory import create_engine
-        from reinflow.models import resolve_model
+        from reinflow.config.models import resolve_model
 
         started = time.perf_counter()
         torch.set_num_threads(self.threads)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from reinflow.config import DataConfig, ExperimentConfig, LocalSource
-from reinflow.config_errors import ConfigError
+from reinflow.config.errors import ConfigError
 from reinflow.errors import ReinflowError
-from reinflow.plugins import PluginError, import_class
-from reinflow.workflow import Workflow
+from reinflow.config.plugins import PluginError, import_class
+from reinflow.rollout.workflow import Workflow
 
 
 def check_experiment(config: ExperimentConfig, project_root: Path, source: str) -> None:

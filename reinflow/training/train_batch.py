@@ -1,6 +1,6 @@
 """From a judged rollout file to the samples of one policy update, and their micro-batches.
 
-Pure: reads one Parquet file (``reinflow.episode_schema.JUDGED_SCHEMA``), no model, no torch state.
+Pure: reads one Parquet file (``reinflow.rollout.episode_schema.JUDGED_SCHEMA``), no model, no torch state.
 
 Which episodes train:
 
@@ -17,7 +17,7 @@ The loss normaliser (what ``token_mean`` / ``sequence_mean`` divide by) counts t
 (sequences) of **every sample of every valid episode, left-out zero-advantage samples included**
 (``metrics["loss_normalizer"]``; pass it to ``PolicyTrainer.train_step``). So leaving them out
 is only a compute saving: the update is exactly the GRPO loss over the whole judged batch, as
-``reinflow.grpo`` documents (its point 6: groups without signal stay in the normaliser). The
+``reinflow.training.grpo`` documents (its point 6: groups without signal stay in the normaliser). The
 alternative, dividing by the kept samples only, would scale the step up whenever many groups are
 solved or hopeless — an advantage-dependent step size; ours is Dr. GRPO's "divide by a number that
 does not depend on which groups carry signal", within the batch. Excluded and failed episodes are
@@ -33,7 +33,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from reinflow import grpo
+from reinflow.training import grpo
 from reinflow.config import TrainConfig
 
 _COLUMNS = ["episode_id", "task_id", "status", "reward", "samples"]

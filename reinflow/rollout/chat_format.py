@@ -27,7 +27,7 @@ from agentscope.message import DataBlock, HintBlock, Msg, TextBlock, ThinkingBlo
 from pydantic import Field
 
 from reinflow.errors import ReinflowError
-from reinflow.tool_calls import MalformedToolCall, format_tool_call
+from reinflow.rollout.tool_calls import MalformedToolCall, format_tool_call
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

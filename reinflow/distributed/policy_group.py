@@ -1,6 +1,6 @@
 """The Ray backbone of the policy update: long-lived policy workers with one process group.
 
-``RayPolicyGroup(config, model_folder)`` has the interface of ``reinflow.policy.PolicyTrainer``
+``RayPolicyGroup(config, model_folder)`` has the interface of ``reinflow.training.policy.PolicyTrainer``
 that the training flow uses (``train_step``, ``engine_weights``, ``state``, ``load_state``) plus
 ``close``. It is built **once per training run**:
 
@@ -62,7 +62,7 @@ breaks the group the same way (its ranks may disagree after it); one inside ``lo
 a checkpoint of another model) is re-raised and leaves the group usable. Workers are also killed
 when the group is garbage-collected; Ray kills them anyway when the driver process exits.
 
-Rollout engine replicas (``rollout.engine_replicas > 1``, ``reinflow.engines.ray_replicas``) join
+Rollout engine replicas (``rollout.engine_replicas > 1``, ``reinflow.distributed.engine_replicas``) join
 Ray through the same ``init_ray`` and use the same placement convention, in a placement group of
 their own.
 """
@@ -89,7 +89,7 @@ from reinflow.faults import CRASH_ENV, crash_point
 if TYPE_CHECKING:
     import torch
 
-    from reinflow.train_batch import TrainSample
+    from reinflow.training.train_batch import TrainSample
 
 # torch (and everything that imports it) is imported lazily: a worker process imports this
 # module before ``_PolicyWorker.__init__`` has set the forwarded environment, and OpenMP reads
@@ -232,8 +232,8 @@ class _PolicyWorker:
         import torch
         import torch.distributed as dist
 
-        from reinflow.models import resolve_model
-        from reinflow.policy import PolicyTrainer
+        from reinflow.config.models import resolve_model
+        from reinflow.training.policy import PolicyTrainer
 
         started = time.perf_counter()
         self.rank, self.world_size = rank, world_size
@@ -268,13 +268,13 @@ class _PolicyWorker:
         return _to_cpu(self.trainer.state())
 
     def rng_state(self) -> dict:
-        from reinflow.policy import rng_state
+        from reinflow.training.policy import rng_state
 
         return rng_state()
 
     def load_state(self, state: dict, rng: dict | None = None) -> None:
         """``PolicyTrainer.load_state``, then this rank's own RNG state where one is given."""
-        from reinflow.policy import set_rng_state
+        from reinflow.training.policy import set_rng_state
 
         self.trainer.load_state(state)
         if rng is not None:
@@ -368,7 +368,7 @@ class RayPolicyGroup:
         ``on_progress(1, 1)`` is called once, when the step is done (the workers report no progress)."""
         import ray
 
-        from reinflow.train_batch import batch_normalizer
+        from reinflow.training.train_batch import batch_normalizer
 
         self._check()
         started = time.perf_counter()

@@ -9,11 +9,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from reinflow.mlflow_policy import log_policy, save_policy_folder
-from reinflow.models import resolve_model
-from reinflow.plots import CURVES, reward_curve_png
-from reinflow.tracking import log_artifact, tracking_uri
-from reinflow.training_session import TrainingSession
+from reinflow.tracking.policy_model import log_policy, save_policy_folder
+from reinflow.config.models import resolve_model
+from reinflow.tracking.plots import CURVES, reward_curve_png
+from reinflow.tracking.mlflow_run import log_artifact, tracking_uri
+from reinflow.run.session import TrainingSession
 
 TRAJECTORIES_PER_ITERATION = 8
 

@@ -1,6 +1,6 @@
 """What a rollout needs that is expensive to build: the engine (model loaded), the tokenizer and
 the user's workflow object. Built once per process and reused across iterations. The engine is in
-process, or with ``rollout.engine_replicas > 1`` Ray actors across the nodes (``engines.ray_replicas``)."""
+process, or with ``rollout.engine_replicas > 1`` Ray actors across the nodes (``reinflow.distributed.engine_replicas``)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from pydantic import ValidationError
 
 from reinflow.config import ExperimentConfig
 from reinflow.engines.base import Engine
-from reinflow.models import resolve_model
-from reinflow.plugins import PluginError, import_class
-from reinflow.rollout import ModelFactory, plan_episodes, run_rollout
-from reinflow.task_cursor import next_tasks
-from reinflow.tuned_model import TunedModel
-from reinflow.workflow import Workflow
+from reinflow.engines.factory import create_engine
+from reinflow.config.models import resolve_model
+from reinflow.config.plugins import PluginError, import_class
+from reinflow.rollout.runner import ModelFactory, plan_episodes, run_rollout
+from reinflow.data.task_cursor import next_tasks
+from reinflow.rollout.tuned_model import TunedModel
+from reinflow.rollout.workflow import Workflow
 
 
 @dataclass
@@ -40,12 +41,22 @@ def build_runtime(config: ExperimentConfig, project_root: Path) -> RolloutRuntim
     """Load the workflow first (cheap, and the likeliest to be misconfigured), then the model."""
     from transformers import AutoTokenizer
 
-    from reinflow.engines.factory import engine_for
-
     workflow = load_workflow(config, project_root)
     folder = resolve_model(config.model.path)
     engine = engine_for(config, folder)  # in process, or rollout.engine_replicas Ray actors
     return RolloutRuntime(config, engine, AutoTokenizer.from_pretrained(folder), workflow)
+
+
+def engine_for(config: ExperimentConfig, model_folder: Path) -> Engine:
+    """The rollout engine ``config`` asks for: one in-process engine, or ``rollout.engine_replicas``
+    Ray actors (each holding ``create_engine(...)``) placed across the nodes of ``train.ray_address``."""
+    rollout = config.rollout
+    if rollout.engine_replicas > 1:
+        from reinflow.distributed.engine_replicas import RayEngineReplicas
+
+        return RayEngineReplicas(config, model_folder)
+    return create_engine(rollout.engine, model_folder, dtype=config.model.dtype, max_model_len=rollout.max_model_len,
+                         max_batch_size=rollout.max_batch_size, vllm_memory_fraction=rollout.vllm_memory_fraction)
 
 
 def load_workflow(config: ExperimentConfig, project_root: Path) -> Workflow:

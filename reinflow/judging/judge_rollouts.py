@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reinflow.config import JudgeConfig
-from reinflow.episode_schema import JUDGED_SCHEMA
-from reinflow.judge import Verdict, judge_all
-from reinflow.reward_shaping import is_degenerate, shape_reward
-from reinflow.workflow import Task
+from reinflow.rollout.episode_schema import JUDGED_SCHEMA
+from reinflow.judging.judge import Verdict, judge_all
+from reinflow.judging.reward_shaping import is_degenerate, shape_reward
+from reinflow.rollout.workflow import Task
 
 
 def judge_input_for(row: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Run a workflow over tasks, ``group_size`` episodes per task, many at once, into a Parquet file.
 
-Every episode gets a fresh :class:`~reinflow.tuned_model.TunedModel` over the one shared engine,
+Every episode gets a fresh :class:`~reinflow.rollout.tuned_model.TunedModel` over the one shared engine,
 so all in-flight episodes' LLM calls are batched together. Episodes are written as they finish
 (memory does not grow with the episode count). An episode that raises or times out is recorded
 with ``status`` ``failed`` or ``timeout`` and its error, and excluded from training later; an
@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reinflow.episode_schema import ROLLOUT_SCHEMA
+from reinflow.rollout.episode_schema import ROLLOUT_SCHEMA
 from reinflow.errors import RunInterrupted
-from reinflow.parquet_stream import ParquetStream
-from reinflow.trajectory import build_samples
-from reinflow.tuned_model import EpisodeEnded, GenerationAborted, TunedModel
-from reinflow.workflow import Task, Workflow, WorkflowOutput
+from reinflow.rollout.parquet_stream import ParquetStream
+from reinflow.rollout.trajectory import build_samples
+from reinflow.rollout.tuned_model import EpisodeEnded, GenerationAborted, TunedModel
+from reinflow.rollout.workflow import Task, Workflow, WorkflowOutput
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def episode_row(
     wall_seconds: float,
     max_samples: int,
 ) -> dict[str, Any]:
-    """The Parquet row of one finished episode (see ``reinflow.episode_schema``)."""
+    """The Parquet row of one finished episode (see ``reinflow.rollout.episode_schema``)."""
     turns = model.turns
     judge_input = dict(model.judge_input_dictionary)
     final_answer = output.final_answer if output.final_answer is not None else judge_input.pop("final_answer", None)

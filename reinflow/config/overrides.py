@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from reinflow.config_errors import ConfigError
+from reinflow.config.errors import ConfigError
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

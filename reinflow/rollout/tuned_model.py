@@ -5,7 +5,7 @@ Unlike a hosted model it never leaves text to chance:
 
 1. **Formatting.** AgentScope 2.x hands a model the raw ``Msg`` list (formatting is the model's
    job). An agent's whole reply is one assistant ``Msg`` whose blocks interleave the model's text
-   and tool calls, the tool results and the agent's hints; ``reinflow.chat_format`` splits it into
+   and tool calls, the tool results and the agent's hints; ``reinflow.rollout.chat_format`` splits it into
    chat turns: ``system``, ``user``, ``assistant`` (the model's earlier replies rendered back as
    the exact text it generated, tool calls included), tool results, and hints as ``user`` turns.
 2. **Templating.** The policy tokenizer's own chat template renders the turns. Where the template
@@ -17,13 +17,13 @@ Unlike a hosted model it never leaves text to chance:
    are. When the new conversation's text extends the previous call's prompt and reply, the new
    prompt is *the previous prompt ids + the previous output ids + the tokens of the new suffix*
    (template tokens such as the newline after ``<|im_end|>``, tool results, the next generation
-   prompt), so turn k+1 extends turn k token for token and ``reinflow.trajectory`` merges them
+   prompt), so turn k+1 extends turn k token for token and ``reinflow.rollout.trajectory`` merges them
    into one sample. A reply cut off by the token limit has no EOS: the template's end-of-turn
    token is then part of the suffix (a prompt token). When the text does not extend (the system
    prompt or the tools changed, a template rewrote history), the conversation is re-rendered and
    tokenized whole, and that turn becomes a separate sample.
 4. **Tool calls** are parsed from ``<tool_call>{json}</tool_call>`` (several per reply) by
-   ``reinflow.tool_calls``. A malformed call (bad JSON, unknown tool, non-object arguments, no
+   ``reinflow.rollout.tool_calls``. A malformed call (bad JSON, unknown tool, non-object arguments, no
    name, unclosed tag, JSON nested too deep, calls past ``max_tool_calls_per_turn``) is counted in
    :attr:`TunedModel.format_errors` and handed to the agent as a
    call of the non-existent tool ``invalid_tool_call``: the agent records a tool error and goes
@@ -65,7 +65,7 @@ from agentscope.model import ChatModelBase, ChatResponse, ChatUsage
 from agentscope.tool import ToolChoice
 from pydantic import BaseModel, Field
 
-from reinflow.chat_format import (
+from reinflow.rollout.chat_format import (
     ChatMessage,
     ChatTemplate,
     GeneratedBlocks,
@@ -77,7 +77,7 @@ from reinflow.chat_format import (
     with_tool_block,
 )
 from reinflow.engines.base import Engine, FinishReason, SamplingParams
-from reinflow.tool_calls import ParsedReply, ToolCall, parse_tool_calls
+from reinflow.rollout.tool_calls import ParsedReply, ToolCall, parse_tool_calls
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -112,7 +112,7 @@ class GenerationAborted(EpisodeEnded):
 
 @dataclass
 class Turn:
-    """The exact record of one LLM call (satisfies ``reinflow.trajectory.TurnTokens``)."""
+    """The exact record of one LLM call (satisfies ``reinflow.rollout.trajectory.TurnTokens``)."""
 
     index: int
     prompt_ids: list[int]
