@@ -1,11 +1,7 @@
 # Two commands on a fresh machine:  `make train`  and  `make test`.
 SHELL := /bin/bash
-export OMP_WAIT_POLICY ?= PASSIVE
-export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
-export MLFLOW_DISABLE_TELEMETRY ?= true
-export HF_HUB_DISABLE_TELEMETRY ?= 1
-export RAY_USAGE_STATS_ENABLED ?= 0
+# Environment defaults (OMP_WAIT_POLICY=PASSIVE, telemetry off...) live in reinflow/run/environment.py;
+# the CLI, the flows and tests/conftest.py apply them.
 PYTEST_ARGS ?=
 
 .PHONY: setup train test test-slow reliability-report clean

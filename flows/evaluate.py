@@ -6,6 +6,8 @@ completes: with no checkpoint given it takes the newest checkpoint of the experi
 
 from __future__ import annotations
 
+import flows  # noqa: F401, I001  (first: applies the environment defaults; see flows/__init__.py)
+
 import time
 from pathlib import Path
 from typing import Any
@@ -13,14 +15,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.prepare_data import prepare_data
-from reinflow.run.checkpoint import latest_checkpoint, read_checkpoint
 from reinflow.config import load_config
-from reinflow.run.evaluation import evaluate_policy
 from reinflow.judging.judge import load_judge
-from reinflow.run.rollout_runtime import runtime_for
+from reinflow.run.checkpoint import newest_run_checkpoint
+from reinflow.run.rollout_runtime import build_runtime
 from reinflow.run.run_state import experiment_dir
-from reinflow.run.session import create_policy
-from reinflow.config.models import resolve_model
+from reinflow.run.session import load_checkpoint_weights
+from tasks.evaluate import evaluate as evaluate_task
 
 
 @flow(name="evaluate")
@@ -30,32 +31,15 @@ def evaluate(config_path: str, overrides: list[str] | None = None, checkpoint: s
     root = Path(project_root).resolve()
     config = load_config(root / config_path, overrides or [])
     prepare_data(config.data, project_root=str(root))
-    runtime = runtime_for(config, root)
-    source = "base model" if base_model else _load_checkpoint(runtime, config, root, checkpoint)
+    path = None if base_model else Path(checkpoint) if checkpoint else newest_run_checkpoint(experiment_dir(config, root))
+    source = str(path) if path else "base model" if base_model else "base model (no checkpoint found)"
     output = experiment_dir(config, root) / "evaluations" / time.strftime("eval-%Y%m%d-%H%M%S")
-    metrics = evaluate_policy(runtime, load_judge(config.judge, root), root / config.data.path, output,
-                              pass_k or config.train.eval_pass_k)
-    get_run_logger().info("%s: pass@1 %.3f [%.3f, %.3f]", source, metrics["pass_at_1"],
-                          metrics["pass_at_1_ci_low"], metrics["pass_at_1_ci_high"])
+    runtime = build_runtime(config, root)
+    try:
+        if path is not None:
+            load_checkpoint_weights(runtime, config, path)
+        metrics = evaluate_task(runtime, load_judge(config.judge, root), str(root / config.data.path), str(output),
+                                pass_k or config.train.eval_pass_k, label=Path(source).name)
+    finally:
+        runtime.close()
     return {"evaluated": source, "output": str(output), **metrics}
-
-
-def _load_checkpoint(runtime: Any, config: Any, root: Path, checkpoint: str | None) -> str:
-    """Load a checkpoint's weights into the engine; returns what was loaded."""
-    path = Path(checkpoint) if checkpoint else _newest_checkpoint(config, root)
-    if path is None:
-        return "base model (no checkpoint found)"
-    state, _ = read_checkpoint(path, fingerprint=config.fingerprint(), allow_config_change=True)
-    policy = create_policy(config.model_copy(update={"backbone": "debug"}), resolve_model(config.model.path))
-    policy.load_state(state)
-    runtime.engine.load_weights(policy.engine_weights())
-    return str(path)
-
-
-def _newest_checkpoint(config: Any, root: Path) -> Path | None:
-    runs = sorted(experiment_dir(config, root).glob("*/checkpoints"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for folder in runs:
-        found = latest_checkpoint(folder)
-        if found is not None:
-            return found
-    return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import flows  # noqa: F401, I001  (first: applies the environment defaults; see flows/__init__.py)
+
 from pathlib import Path
 from typing import Any
 

@@ -8,6 +8,8 @@ finished; the policy, cursor and iteration come back from the last complete chec
 
 from __future__ import annotations
 
+import flows  # noqa: F401, I001  (first: applies the environment defaults; see flows/__init__.py)
+
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from reinflow.run.run_state import new_run, run_to_resume
 from reinflow.tracking.summary import run_summary
 from reinflow.run.stage_timer import iteration_summary, timed
 from reinflow.tracking.mlflow_run import finish_run, log_iteration, log_metric, start_run, tracking_uri
-from reinflow.run.session import SESSIONS, TrainingSession, close_session, open_session
+from reinflow.run.session import TrainingSession, close_session, open_session
 from tasks.checkpoint import checkpoint
 from tasks.evaluate import evaluate
 from tasks.judge import judge
@@ -45,45 +47,55 @@ def train(config_path: str, overrides: list[str] | None = None, resume: str | No
     if session.iteration == 0:
         seconds: dict[str, float] = {}
         with timed(seconds, "evaluate"):
-            baseline = evaluate(str(run_dir), 0, config.train.eval_pass_k)
+            baseline = evaluate_iteration(session, 0)
         log_iteration(session.client, info.mlflow_run_id, 0, baseline | seconds)
-    for iteration in range(session.iteration + 1, config.train.iterations + 1):
-        train_iteration(str(run_dir), iteration, flow_run_name=f"iter-{iteration}")
-    return finish(session)
+    try:
+        for iteration in range(session.iteration + 1, config.train.iterations + 1):
+            train_iteration(session, iteration, flow_run_name=f"iter-{iteration}")
+        return finish(session)
+    finally:
+        close_session(session)
 
 
-@flow(name="train-iteration", flow_run_name="{flow_run_name}")
-def train_iteration(run_dir: str, iteration: int, flow_run_name: str) -> dict[str, float]:
+@flow(name="train-iteration", flow_run_name="{flow_run_name}", validate_parameters=False)  # a live session
+def train_iteration(session: TrainingSession, iteration: int, flow_run_name: str) -> dict[str, float]:
     """One GRPO iteration; returns its metrics (also logged to MLflow at step ``iteration``)."""
-    session = SESSIONS[run_dir]
-    config, config_dict = session.config, session.config.model_dump(mode="json")
+    config, config_dict, run_dir = session.config, session.config.model_dump(mode="json"), str(session.run_dir)
     seconds: dict[str, float] = {}
     with timed(seconds, "iteration"):
         with timed(seconds, "rollout"):
-            rolled = rollout(config_dict, str(session.project_root), run_dir, iteration, session.cursor)
+            rolled = rollout(session.runtime, config_dict, str(session.project_root), run_dir, iteration, session.cursor)
         with timed(seconds, "judge"):
-            judged = judge(config_dict, str(session.project_root), run_dir, iteration, rolled["path"])
+            judged = judge(session.judge, config_dict, run_dir, iteration, rolled["path"])
         with timed(seconds, "update"):
-            updated = update(run_dir, iteration, judged["path"])
+            updated = update(session, iteration, judged["path"])
         metrics = {**rolled["metrics"], **judged["metrics"], **updated}
         log_trajectory_sample(session, iteration, Path(judged["path"]))
         session.cursor, session.iteration = rolled["next_cursor"], iteration
         if iteration % config.train.eval_interval == 0 or iteration == config.train.iterations:
             with timed(seconds, "evaluate"):
-                metrics |= evaluate(run_dir, iteration, config.train.eval_pass_k)
+                metrics |= evaluate_iteration(session, iteration)
         # metrics before the checkpoint: a crash between the two re-runs this iteration, whose
         # already-logged step is then skipped (never missing, never duplicated)
         log_iteration(session.client, session.info.mlflow_run_id, iteration, metrics | seconds)
         crash_point("tracking", iteration)
         if iteration % config.train.checkpoint_interval == 0 or iteration == config.train.iterations:
             with timed(seconds, "checkpoint"):
-                checkpoint(run_dir, iteration, session.cursor)
+                checkpoint(session, iteration, session.cursor)
             log_metric(session.client, session.info.mlflow_run_id, iteration, "seconds/checkpoint",
                        seconds["seconds/checkpoint"])
     log_metric(session.client, session.info.mlflow_run_id, iteration, "seconds/iteration", seconds["seconds/iteration"])
     metrics |= seconds
     get_run_logger().info(iteration_summary(iteration, config.train.iterations, metrics))
     return metrics
+
+
+def evaluate_iteration(session: TrainingSession, iteration: int) -> dict[str, float]:
+    """Held-out evaluation of the current weights into ``<run>/eval/iter_N/``; metrics prefixed ``eval/``."""
+    output = session.run_dir / "eval" / f"iter_{iteration}"
+    metrics = evaluate(session.runtime, session.judge, str(session.project_root / session.config.data.path), str(output),
+                       session.config.train.eval_pass_k, label=f"iter-{iteration}")
+    return {f"eval/{key}": value for key, value in metrics.items()}
 
 
 def finish(session: TrainingSession) -> dict[str, Any]:
@@ -93,7 +105,6 @@ def finish(session: TrainingSession) -> dict[str, Any]:
     finish_run(session.client, session.info.mlflow_run_id)
     session.info.status = "finished"
     session.info.save(session.run_dir)
-    close_session(session)
     return {
         "run_dir": str(session.run_dir),
         "mlflow_run_id": session.info.mlflow_run_id,

@@ -11,16 +11,19 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from reinflow.config import ExperimentConfig
 from reinflow.faults import crash_point
-from reinflow.judging.judge import load_judge
+from reinflow.judging.judge import Judge
 from reinflow.judging.judge_rollouts import judge_rollout_file
 from tasks.progress import stage_progress
 
 
-@task(name="judge", task_run_name="judge-iter-{iteration}", persist_result=True, cache_policy=INPUTS + TASK_SOURCE)
-def judge(config: dict[str, Any], project_root: str, run_dir: str, iteration: int, rollout_path: str) -> dict[str, Any]:
-    """Judge every episode (bounded concurrency, errors isolated); return ``{"path", "metrics"}``."""
+@task(name="judge", task_run_name="judge-iter-{iteration}", persist_result=True,
+      cache_policy=(INPUTS - "judge_object") + TASK_SOURCE)
+def judge(judge_object: Judge, config: dict[str, Any], run_dir: str, iteration: int, rollout_path: str) -> dict[str, Any]:
+    """Judge every episode (bounded concurrency, errors isolated); return ``{"path", "metrics"}``.
+
+    ``judge_object`` is the run's judge (built once per run); the cache key is the config, the run
+    folder, the iteration and the rollout file's path."""
     experiment = ExperimentConfig.model_validate(config)
-    judge_object = load_judge(experiment.judge, Path(project_root))
     output = Path(run_dir) / "judged" / f"iter_{iteration}.parquet"
     with stage_progress(f"judge iter {iteration}", pq.ParquetFile(rollout_path).metadata.num_rows) as advance:
         metrics = judge_rollout_file(Path(rollout_path), output, judge_object, experiment.judge, advance)

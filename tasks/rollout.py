@@ -10,22 +10,23 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from reinflow.config import ExperimentConfig
 from reinflow.faults import crash_point
-from reinflow.run.rollout_runtime import rollout_iteration, runtime_for
+from reinflow.run.rollout_runtime import RolloutRuntime, rollout_iteration
 from tasks.progress import stage_progress
 
 
 @task(name="rollout", task_run_name="rollout-iter-{iteration}", persist_result=True,
-      cache_policy=INPUTS + TASK_SOURCE)
-def rollout(config: dict[str, Any], project_root: str, run_dir: str, iteration: int, cursor: int) -> dict[str, Any]:
-    """Run ``group_size`` episodes for each of the next tasks from ``cursor``.
+      cache_policy=(INPUTS - "runtime") + TASK_SOURCE)
+def rollout(runtime: RolloutRuntime, config: dict[str, Any], project_root: str, run_dir: str, iteration: int,
+            cursor: int) -> dict[str, Any]:
+    """Run ``group_size`` episodes for each of the next tasks from ``cursor`` on ``runtime``.
 
-    Returns ``{"path", "next_cursor", "metrics"}``. ``config`` is the validated config as a dict
-    (hashable for the cache key); the engine and workflow are built once per process.
+    Returns ``{"path", "next_cursor", "metrics"}``. The cache key is ``config`` (the validated
+    config as a dict), the folders, the iteration and the cursor; the runtime (engine, workflow)
+    is left out of it: it is what runs the episodes, not what they are.
     """
     experiment = ExperimentConfig.model_validate(config)
     root = Path(project_root)
     output = Path(run_dir) / "rollouts" / f"iter_{iteration}.parquet"
-    runtime = runtime_for(experiment, root)
     episodes = experiment.data.tasks_per_iteration * experiment.rollout.group_size
     with stage_progress(f"rollout iter {iteration}", episodes) as advance:
         metrics, next_cursor = rollout_iteration(runtime, root / experiment.data.path, iteration, cursor, output, advance)

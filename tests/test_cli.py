@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-REINFLOW = [sys.executable, "-c", "from reinflow.cli import main; main()"]
+REINFLOW = [sys.executable, "-c", "from cli.app import main; main()"]
 
 
 def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:

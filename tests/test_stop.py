@@ -17,7 +17,7 @@ import pytest
 from reinflow.run import pidfiles
 from reinflow.logview.background import background_name, ensure_background_logview
 
-REINFLOW = [sys.executable, "-c", "from reinflow.cli import main; main()"]
+REINFLOW = [sys.executable, "-c", "from cli.app import main; main()"]
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -63,7 +63,7 @@ def test_a_pid_file_naming_an_unrelated_process_is_removed_without_killing_it(tm
     try:
         path = pidfiles.register(tmp_path, "logview-old", {"url": "http://127.0.0.1:1/"}, pid=bystander.pid)
         # the pid was reused: the record names the same pid but another command line
-        record = json.loads(path.read_text()) | {"cmdline": [sys.executable, "-m", "reinflow.cli", "logview"]}
+        record = json.loads(path.read_text()) | {"cmdline": [sys.executable, "-m", "reinflow.logview"]}
         path.write_text(json.dumps(record))
 
         result = run_cli("stop", cwd=tmp_path)

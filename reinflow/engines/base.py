@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -35,6 +35,7 @@ class Generation:
     finish_reason: FinishReason
 
 
+@runtime_checkable  # Prefect builds a parameter schema of the live objects a subflow receives
 class Engine(Protocol):
     """Serves many concurrent requests through one batching loop."""
 

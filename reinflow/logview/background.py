@@ -33,7 +33,7 @@ def ensure_background_logview(project_root: Path, runs_dir: Path) -> tuple[str, 
             return record.info["url"], False
     log_path = project_root / ".reinflow" / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "reinflow.cli", "logview", "--runs-dir", str(runs_dir), "--register-as", name]
+    command = [sys.executable, "-m", "reinflow.logview", "--runs-dir", str(runs_dir), "--register-as", name]
     with log_path.open("ab") as log:
         child = subprocess.Popen(command, cwd=project_root, stdin=subprocess.DEVNULL, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True)

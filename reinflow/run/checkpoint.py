@@ -167,6 +167,13 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def newest_run_checkpoint(experiment_folder: Path) -> Path | None:
+    """The newest complete checkpoint of the experiment's runs (``<run>/checkpoints/iter_N``): the
+    latest iteration of the most recently written run that has one; None when no run has one."""
+    runs = sorted(experiment_folder.glob("*/checkpoints"), key=lambda folder: folder.stat().st_mtime, reverse=True)
+    return next((found for found in map(latest_checkpoint, runs) if found is not None), None)
+
+
 def read_checkpoint(path: Path, *, fingerprint: str, allow_config_change: bool = False) -> tuple[dict, dict]:
     """Load ``(trainer_state, extra)`` from a checkpoint folder (CPU tensors).
 

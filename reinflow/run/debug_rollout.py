@@ -1,46 +1,41 @@
 """``reinflow rollout --task N``: run one task's episodes in this process and show them turn by turn.
 
 Everything runs in the calling process (no Prefect, no Ray), so a breakpoint in the user's
-workflow or judge stops right there.
+workflow or judge stops right there. The episodes run and are judged exactly as in training
+(``rollout_runtime.roll_out``, then ``judge_rollout_file``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.markup import escape
 
 from reinflow.config import ExperimentConfig
-from reinflow.judging.judge import judge_one, load_judge
-from reinflow.judging.judge_rollouts import judge_input_for
-from reinflow.rollout.runner import plan_episodes, run_episode
-from reinflow.run.rollout_runtime import build_runtime
 from reinflow.data.task_cursor import next_tasks
+from reinflow.judging.judge import load_judge
+from reinflow.judging.judge_rollouts import judge_rollout_file
+from reinflow.run.rollout_runtime import build_runtime, roll_out
+from reinflow.run.run_state import experiment_dir
 
 
 def debug_rollout(config: ExperimentConfig, project_root: Path, task_index: int, episodes: int) -> list[dict[str, Any]]:
-    """Run ``episodes`` episodes of the train split's task ``task_index`` and judge them; return rows."""
-    runtime = build_runtime(config, project_root)
+    """Run ``episodes`` episodes of the train split's task ``task_index``, judge them and return
+    the judged rows. The files stay under ``<experiment folder>/debug/task_<N>/`` for a closer look."""
     (task,), _ = next_tasks(project_root / config.data.path, config.data.train_split, task_index, 1)
-    plans = plan_episodes([task], episodes, config.train.seed, iteration=0)
     judge = load_judge(config.judge, project_root)
-
-    async def run_all() -> list[dict[str, Any]]:
-        rows = []
-        for plan in plans:
-            row = await run_episode(runtime.workflow, plan, runtime.model_factory(), 0,
-                                    config.rollout.episode_timeout_seconds, config.rollout.max_samples_per_episode)
-            if row["status"] == "ok":
-                verdict = await judge_one(judge, judge_input_for(row), config.judge.timeout_seconds)
-                row |= {"raw_reward": verdict.raw_reward, "judge_error": verdict.judge_error}
-            rows.append(row)
-        return rows
-
-    return asyncio.run(run_all())
+    folder = experiment_dir(config, project_root) / "debug" / f"task_{task_index}"
+    runtime = build_runtime(config, project_root)
+    try:
+        roll_out(runtime, [task], episodes, folder / "rollout.parquet", iteration=0)
+    finally:
+        runtime.close()
+    judge_rollout_file(folder / "rollout.parquet", folder / "judged.parquet", judge, config.judge)
+    return pq.read_table(folder / "judged.parquet").to_pylist()
 
 
 ROLE_STYLE = {"system": "magenta", "user": "cyan", "assistant": "green", "tool": "yellow"}

@@ -7,20 +7,17 @@ per task; pass@k is the share of tasks with at least one success among k sampled
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pyarrow.parquet as pq
 
 from reinflow.judging.judge_rollouts import judge_rollout_file
-from reinflow.rollout.runner import plan_episodes, run_rollout
-from reinflow.run.rollout_runtime import RolloutRuntime
 from reinflow.data.task_cursor import next_tasks
-from reinflow.rollout.tuned_model import TunedModel
+from reinflow.judging.judge import Judge
+from reinflow.run.rollout_runtime import RolloutRuntime, roll_out
 
 Z_95 = 1.959964
 
@@ -43,7 +40,7 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
 
 
 def evaluate_policy(
-    runtime: RolloutRuntime, judge: Any, data_path: Path, output_dir: Path, pass_k: int,
+    runtime: RolloutRuntime, judge: Judge, data_path: Path, output_dir: Path, pass_k: int,
     on_episode: Callable[..., None] | None = None,
 ) -> dict[str, float]:
     """Evaluate the engine's current weights; write the episodes under ``output_dir``; return
@@ -63,36 +60,14 @@ def evaluate_policy(
 
 
 def _judged_successes(
-    runtime: RolloutRuntime, judge: Any, tasks: list, episodes_per_task: int, temperature: float, stem: Path,
+    runtime: RolloutRuntime, judge: Judge, tasks: list, episodes_per_task: int, temperature: float, stem: Path,
     on_episode: Callable[..., None] | None,
 ) -> dict[str, list[bool]]:
-    rollout = _run(runtime, tasks, episodes_per_task, temperature, stem.with_suffix(".parquet"), on_episode)
+    rollout = stem.with_suffix(".parquet")
+    roll_out(runtime, tasks, episodes_per_task, rollout, iteration=-1, temperature=temperature, on_episode=on_episode)
     judged = stem.with_name(stem.name + "_judged.parquet")
     judge_rollout_file(rollout, judged, judge, runtime.config.judge)
     return _successes(judged)
-
-
-def _run(
-    runtime: RolloutRuntime, tasks: list, episodes_per_task: int, temperature: float, output: Path,
-    on_episode: Callable[..., None] | None,
-) -> Path:
-    config = runtime.config
-    rollout = config.rollout.model_copy(update={"temperature": temperature})
-    plans = plan_episodes(tasks, episodes_per_task, config.train.seed, iteration=-1)
-    asyncio.run(
-        run_rollout(
-            runtime.workflow,
-            plans,
-            lambda seed: TunedModel.from_rollout_config(runtime.engine, runtime.tokenizer, rollout, seed),
-            output,
-            iteration=-1,
-            concurrency=config.rollout.concurrency,
-            episode_timeout_seconds=config.rollout.episode_timeout_seconds,
-            max_samples_per_episode=config.rollout.max_samples_per_episode,
-            on_episode=on_episode,
-        )
-    )
-    return output
 
 
 def _successes(judged: Path) -> dict[str, list[bool]]:

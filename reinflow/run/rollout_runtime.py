@@ -1,11 +1,12 @@
 """What a rollout needs that is expensive to build: the engine (model loaded), the tokenizer and
-the user's workflow object. Built once per process and reused across iterations. The engine is in
+the user's workflow object; and :func:`roll_out`, the one way to run a batch of episodes on them.
+Built once per training run (it lives in the ``TrainingSession``) or evaluation, and closed by it. The engine is in
 process, or with ``rollout.engine_replicas > 1`` Ray actors across the nodes (``reinflow.distributed.engine_replicas``)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from reinflow.config.plugins import PluginError, import_class
 from reinflow.rollout.runner import ModelFactory, plan_episodes, run_rollout
 from reinflow.data.task_cursor import next_tasks
 from reinflow.rollout.tuned_model import TunedModel
-from reinflow.rollout.workflow import Workflow
+from reinflow.rollout.workflow import Task, Workflow
 
 
 @dataclass
@@ -32,9 +33,17 @@ class RolloutRuntime:
     tokenizer: Any
     workflow: Workflow
 
-    def model_factory(self) -> ModelFactory:
-        """A fresh TunedModel per episode, all over the one shared engine."""
-        return lambda seed: TunedModel.from_rollout_config(self.engine, self.tokenizer, self.config.rollout, seed)
+    def model_factory(self, temperature: float | None = None) -> ModelFactory:
+        """A fresh TunedModel per episode, all over the one shared engine (``temperature``: instead
+        of ``rollout.temperature``)."""
+        rollout = self.config.rollout
+        if temperature is not None:
+            rollout = rollout.model_copy(update={"temperature": temperature})
+        return lambda seed: TunedModel.from_rollout_config(self.engine, self.tokenizer, rollout, seed)
+
+    def close(self) -> None:
+        """Stop the engine (its scheduler, and its Ray actors for replicas); the runtime is spent."""
+        asyncio.run(self.engine.close())
 
 
 def build_runtime(config: ExperimentConfig, project_root: Path) -> RolloutRuntime:
@@ -72,21 +81,23 @@ def load_workflow(config: ExperimentConfig, project_root: Path) -> Workflow:
         raise PluginError(f"workflow '{name}': bad rollout.workflow_options: {first}") from None
 
 
-def rollout_iteration(
-    runtime: RolloutRuntime, data_path: Path, iteration: int, cursor: int, output: Path,
-    on_episode: Callable[[dict[str, Any]], None] | None = None,
-) -> tuple[dict[str, float], int]:
-    """Roll out the next ``tasks_per_iteration`` tasks into ``output``; return metrics and new cursor.
+def roll_out(
+    runtime: RolloutRuntime, tasks: Sequence[Task], episodes_per_task: int, output: Path, *, iteration: int,
+    temperature: float | None = None, on_episode: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, float]:
+    """Run ``episodes_per_task`` episodes of each task into ``output``; return the rollout metrics.
 
-    ``on_episode(row)`` is called as each episode finishes (progress)."""
+    The one way reinflow runs a batch of episodes: training (:func:`rollout_iteration`), evaluation
+    (``reinflow.run.evaluation``) and ``reinflow rollout`` (``reinflow.run.debug_rollout``) all call it.
+    ``temperature`` overrides ``rollout.temperature`` (0 for greedy evaluation); ``on_episode(row)``
+    is called as each episode finishes (progress)."""
     config = runtime.config
-    tasks, next_cursor = next_tasks(data_path, config.data.train_split, cursor, config.data.tasks_per_iteration)
-    plans = plan_episodes(tasks, config.rollout.group_size, config.train.seed, iteration)
-    metrics = asyncio.run(
+    plans = plan_episodes(tasks, episodes_per_task, config.train.seed, iteration)
+    return asyncio.run(
         run_rollout(
             runtime.workflow,
             plans,
-            runtime.model_factory(),
+            runtime.model_factory(temperature),
             output,
             iteration=iteration,
             concurrency=config.rollout.concurrency,
@@ -95,29 +106,15 @@ def rollout_iteration(
             on_episode=on_episode,
         )
     )
+
+
+def rollout_iteration(
+    runtime: RolloutRuntime, data_path: Path, iteration: int, cursor: int, output: Path,
+    on_episode: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[dict[str, float], int]:
+    """Roll out the next ``tasks_per_iteration`` tasks into ``output``; return metrics and new cursor."""
+    data = runtime.config.data
+    tasks, next_cursor = next_tasks(data_path, data.train_split, cursor, data.tasks_per_iteration)
+    metrics = roll_out(runtime, tasks, runtime.config.rollout.group_size, output, iteration=iteration,
+                       on_episode=on_episode)
     return metrics, next_cursor
-
-
-_RUNTIMES: dict[str, RolloutRuntime] = {}
-
-
-def runtime_for(config: ExperimentConfig, project_root: Path) -> RolloutRuntime:
-    """The process's runtime for this model/engine/workflow, built on first use."""
-    key = "|".join(
-        [config.model.path, config.model.dtype, config.rollout.engine, str(config.rollout.max_model_len),
-         str(config.rollout.max_batch_size), _replicas_key(config), config.rollout.workflow,
-         str(sorted(config.rollout.workflow_options.items())), str(project_root.resolve())]
-    )
-    if key not in _RUNTIMES:
-        _RUNTIMES[key] = build_runtime(config, project_root)
-    runtime = _RUNTIMES[key]
-    runtime.config = config
-    return runtime
-
-
-def _replicas_key(config: ExperimentConfig) -> str:
-    """What distinguishes one engine-replicas setup from another (empty for the in-process engine)."""
-    rollout = config.rollout
-    if rollout.engine_replicas == 1:
-        return ""
-    return f"{rollout.engine_replicas}x{rollout.cpus_per_engine}cpu{rollout.gpus_per_engine}gpu@{config.train.ray_address}"

@@ -1,7 +1,8 @@
 """The live objects of one training run in this process: engine, policy trainer(s), judge, tracking.
 
-Prefect tasks receive the run folder (a string) and look the session up here, so flow and task
-parameters stay small and serialisable while the model stays in memory across iterations.
+The train flow opens a :class:`TrainingSession` and passes it down to the iteration subflow and
+its tasks; cached tasks leave it out of their cache key (``tasks/``), so the model stays in memory
+across iterations while cache keys stay small. Closing the session releases the engine and policy.
 """
 
 from __future__ import annotations
@@ -10,23 +11,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mlflow import MlflowClient
 
 from reinflow.run.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
 from reinflow.config import ExperimentConfig
-from reinflow.judging.judge import load_judge
+from reinflow.judging.judge import Judge, load_judge
 from reinflow.config.models import resolve_model
-from reinflow.run.rollout_runtime import RolloutRuntime, runtime_for
+from reinflow.run.rollout_runtime import RolloutRuntime, build_runtime
 from reinflow.run.run_state import RunInfo
 from reinflow.tracking.mlflow_run import client_for
+from reinflow.training.base import Policy
 from reinflow.training.train_batch import load_train_batch
 
-SESSIONS: dict[str, TrainingSession] = {}
-
-
-@dataclass
+@dataclass(eq=False)
 class TrainingSession:
     """Everything an iteration needs, built once per training run."""
 
@@ -35,8 +33,8 @@ class TrainingSession:
     run_dir: Path
     info: RunInfo
     runtime: RolloutRuntime
-    policy: Any
-    judge: Any
+    policy: Policy
+    judge: Judge
     client: MlflowClient
     iteration: int = 0
     cursor: int = 0
@@ -48,7 +46,7 @@ class TrainingSession:
 
 def open_session(config: ExperimentConfig, project_root: Path, run_dir: Path, info: RunInfo) -> TrainingSession:
     """Build the engine, policy and judge; restore the last checkpoint where there is one."""
-    runtime = runtime_for(config, project_root)
+    runtime = build_runtime(config, project_root)
     session = TrainingSession(
         config=config,
         project_root=project_root,
@@ -60,11 +58,10 @@ def open_session(config: ExperimentConfig, project_root: Path, run_dir: Path, in
         client=client_for(config, project_root),
     )
     restore_latest(session)
-    SESSIONS[str(run_dir)] = session
     return session
 
 
-def create_policy(config: ExperimentConfig, model_folder: Path) -> Any:
+def create_policy(config: ExperimentConfig, model_folder: Path) -> Policy:
     """The policy update backend: in-process (``debug``) or long-lived Ray workers (``ray``)."""
     if config.backbone == "ray":
         from reinflow.distributed.policy_group import RayPolicyGroup
@@ -104,10 +101,19 @@ def update_policy(
 
 
 def close_session(session: TrainingSession) -> None:
-    """Release the policy workers (Ray actors, and Ray itself where the run started it)."""
-    if session.config.backbone == "ray":
-        session.policy.close()
-    SESSIONS.pop(str(session.run_dir), None)
+    """Release the policy (Ray workers, and Ray itself where the run started it) and the engine."""
+    session.policy.close()
+    session.runtime.close()
+
+
+def load_checkpoint_weights(runtime: RolloutRuntime, config: ExperimentConfig, checkpoint: Path) -> None:
+    """Serve a checkpoint's policy weights from ``runtime``'s engine (evaluation of a past run: a
+    changed config is allowed, the weights only have to fit the model)."""
+    state, _ = read_checkpoint(checkpoint, fingerprint=config.fingerprint(), allow_config_change=True)
+    policy = create_policy(config.model_copy(update={"backbone": "debug"}), resolve_model(config.model.path))
+    policy.load_state(state)
+    runtime.engine.load_weights(policy.engine_weights())
+    policy.close()
 
 
 def save_checkpoint(session: TrainingSession, iteration: int, cursor: int) -> Path:

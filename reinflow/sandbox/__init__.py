@@ -1,8 +1,14 @@
 """The sandbox wing: model-written Python runs here, in a locked-down child process, never in ours.
 
-- :mod:`reinflow.sandbox.runner`: :func:`run_python` / :func:`run_python_async` and the limits;
-- :mod:`reinflow.sandbox.launcher`: the launcher/reaper source run in a fresh interpreter;
+- :mod:`reinflow.sandbox.runner`: :func:`run_python` / :func:`run_python_async` and :func:`probe_isolation`;
+- :mod:`reinflow.sandbox.limits`: :class:`SandboxLimits` (what a run may use) and :class:`SandboxIsolation`;
+- :mod:`reinflow.sandbox.result`: :class:`SandboxResult`, what a run produced and how it ended;
+- :mod:`reinflow.sandbox.tool_output`: :func:`format_tool_output`, the text the agent sees;
+- :mod:`reinflow.sandbox.live_run` and :mod:`reinflow.sandbox.pumps`: one started run and its drivers;
+- :mod:`reinflow.sandbox.launch_config` and :mod:`reinflow.sandbox.launcher`: what the launcher is told,
+  and its source (the launcher/reaper run in a fresh interpreter);
 - :mod:`reinflow.sandbox.processes`: per-run uids and the process sweeps;
+- :mod:`reinflow.sandbox.notebook_cell`: the notebook-style echo of a final bare expression;
 - :mod:`reinflow.sandbox.python_tool`: the ``execute_python_code`` AgentScope tool over it
   (imported on first use: it imports AgentScope).
 """
@@ -13,16 +19,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from reinflow.errors import SandboxUnavailableError
-from reinflow.sandbox.runner import (
-    MIB,
-    SandboxIsolation,
-    SandboxLimits,
-    SandboxResult,
-    format_tool_output,
-    probe_isolation,
-    run_python,
-    run_python_async,
-)
+from reinflow.sandbox.limits import MIB, SandboxIsolation, SandboxLimits
+from reinflow.sandbox.result import SandboxResult
+from reinflow.sandbox.runner import probe_isolation, run_python, run_python_async
+from reinflow.sandbox.tool_output import format_tool_output
 
 if TYPE_CHECKING:
     from reinflow.sandbox.python_tool import execute_python_code_tool

@@ -43,7 +43,7 @@ def train(project_root: Path, *extra: str, env: dict | None = None, check: bool 
           preload: str | None = None, timeout_s: float = TRAIN_TIMEOUT_S) -> subprocess.CompletedProcess:
     """``reinflow train --conf configs/tiny.yaml *extra`` in ``project_root``; ``preload`` is a module
     of ``tests/`` imported first (a fault injector). Output is in ``train.out`` / ``train.log``."""
-    code = (f"import {preload}; " if preload else "") + "from reinflow.cli import main; main()"
+    code = (f"import {preload}; " if preload else "") + "from cli.app import main; main()"
     command = [sys.executable, "-c", code, "train", "--conf", "configs/tiny.yaml", *extra]
     paths = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
     environment = {**os.environ, "PYTHONPATH": paths, "COLUMNS": "200", **(env or {})}

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from reinflow.cli import app
+from cli.app import app
 from reinflow.config import load_config
 from reinflow.run.preflight import check_experiment
 
@@ -211,7 +211,7 @@ def test_real_command_prints_one_line(project: Path, row_id: str) -> None:
     mutate(config, project)
     path = write_config(project, config)
     stdout, stderr = project / "stdout.txt", project / "stderr.txt"
-    command = [sys.executable, "-c", "from reinflow.cli import main; main()", "train", "--conf", str(path)]
+    command = [sys.executable, "-c", "from cli.app import main; main()", "train", "--conf", str(path)]
     with stdout.open("w") as out, stderr.open("w") as err:
         done = subprocess.run(command, cwd=project, stdout=out, stderr=err, timeout=120,
                               env={**os.environ, "COLUMNS": "80"})

@@ -127,7 +127,7 @@ def test_prepare_data_command_on_an_empty_file(tmp_path: Path) -> None:
     empty = tmp_path / "train.jsonl"
     empty.write_bytes(b"")
     stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    command = [sys.executable, "-c", "from reinflow.cli import main; main()", "prepare-data",
+    command = [sys.executable, "-c", "from cli.app import main; main()", "prepare-data",
                "--target", str(empty), "--path", str(tmp_path / "shards")]
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200",
            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "900"}  # a fresh database migrates first

@@ -57,7 +57,7 @@ def test_planted_secrets_appear_in_no_artifact_of_a_run(tmp_path: Path) -> None:
     stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     env = {**os.environ, **SECRETS, **USERNAME, "PREFECT_HOME": str(tmp_path / "prefect-home"), "COLUMNS": "200",
            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "900"}  # a fresh database migrates first
-    command = [sys.executable, "-c", "from reinflow.cli import main; main()", "train", "--conf", "secrets.yaml"]
+    command = [sys.executable, "-c", "from cli.app import main; main()", "train", "--conf", "secrets.yaml"]
     with stdout.open("w") as out, stderr.open("w") as err:
         process = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=err, env=env, start_new_session=True)
         try:

@@ -5,14 +5,13 @@ Every verb that takes ``--conf`` also takes dotted overrides after it::
     reinflow prepare-data --conf configs/quickstart.yaml data.shard_size=100
 
 Expected problems (a config typo, a missing file, an unknown model) print one line and exit 2,
-never a traceback. Verbs that run Prefect flows import them when called, so the library itself
-stays free of Prefect.
+never a traceback. This is the application layer: it calls the flows (imported when a verb runs,
+so ``reinflow --help`` stays fast) and the library; nothing below imports it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +23,7 @@ from reinflow.config import DataConfig, load_config
 from reinflow.config.errors import ConfigError
 from reinflow.errors import ReinflowError, RunInterrupted
 from reinflow.config.models import ModelResolutionError, resolve_model
+from reinflow.run import environment
 from reinflow.run.preflight import check_data, check_experiment
 
 app = typer.Typer(
@@ -290,17 +290,6 @@ def _single_split(source: dict) -> dict:
     return {"train_split": split, "eval_split": split}
 
 
-CPU_ENVIRONMENT = {
-    "OMP_WAIT_POLICY": "PASSIVE",  # spinning OpenMP threads made everything 3-6x slower on 2 cores
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
-"""Set before anything imports torch, Prefect, MLflow or Ray; the user's own values win."""
-
-
 class _NoTracebackForUserErrors(logging.Filter):
     """Prefect logs a failing flow's exception with its traceback; a ReinflowError's message says
     all the user needs (and the CLI prints it last, in one line), so its traceback is dropped."""
@@ -313,8 +302,7 @@ class _NoTracebackForUserErrors(logging.Filter):
 
 def main() -> None:
     """Entry point: environment defaults first, then the command."""
-    for key, value in CPU_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
+    environment.apply_defaults()
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(_NoTracebackForUserErrors())
     app()

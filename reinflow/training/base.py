@@ -1,0 +1,45 @@
+"""What a policy backend offers the run, whatever runs it: ``PolicyTrainer`` in this process
+(``backbone: debug``) or ``RayPolicyGroup``, long-lived Ray workers (``backbone: ray``).
+
+A new backbone plugs in by implementing :class:`Policy` and being built by
+``reinflow.run.session.create_policy``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from reinflow.training.train_batch import TrainSample
+
+
+@runtime_checkable  # Prefect builds a parameter schema of the live objects a subflow receives
+class Policy(Protocol):
+    """A trainable policy: GRPO steps, weights for the engine, and a checkpointable state."""
+
+    def train_step(
+        self, samples: Sequence[TrainSample], normalizer: float | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, float]:
+        """One update on the whole batch (``normalizer``: the loss normaliser of the full batch);
+        returns the step's metrics. ``on_progress(done, total)`` reports progress."""
+        ...
+
+    def engine_weights(self) -> dict[str, Tensor]:
+        """The weights the rollout engine should serve now (LoRA merged), by parameter name."""
+        ...
+
+    def state(self) -> dict:
+        """Everything a checkpoint needs to continue training bit for bit (weights, optimiser, RNG)."""
+        ...
+
+    def load_state(self, state: dict) -> None:
+        """Continue from a :meth:`state` taken earlier."""
+        ...
+
+    def close(self) -> None:
+        """Release what the policy holds beyond memory (worker processes); idempotent."""
+        ...
