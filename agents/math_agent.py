@@ -2,7 +2,8 @@
 
 The agent thinks, may run Python (in the sandbox: ``reinflow.sandbox``) as many times as its
 ReAct budget allows, and ends with a structured ``FinalResult``; its ``answer`` is registered for
-the judge. See docs/MATH_AGENT.md for the AgentScope 1.x → 2.x mapping.
+the judge. docs/MATH_AGENT.md says how to run it, what to expect from the built-in model, and
+how AgentScope 1.x code (``ReActAgent``, ``InMemoryMemory``, ``register_tool_function``) maps to 2.x.
 """
 
 from __future__ import annotations

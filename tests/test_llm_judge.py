@@ -368,10 +368,10 @@ def test_a_missing_key_variable_is_named_not_valued(monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"backend": "openai", "base_url": "http://h/v1", "model": "m", "modle": "x"}, "modle: unknown option"),
+        ({"backend": "openai", "base_url": "http://h/v1", "model": "m", "modle": "x"}, "modle: unknown key (did you mean 'model'?)"),
         ({"backend": "openai", "base_url": "http://h/v1", "model": "m", "timeout_secs": 3}, "did you mean 'timeout_seconds'"),
-        ({"backend": "openai", "base_url": "http://h/v1", "model": "m", "model_path": "x"}, "model_path: unknown option"),
-        ({"backend": "openai", "model": "m"}, "base_url: required option is missing"),
+        ({"backend": "openai", "base_url": "http://h/v1", "model": "m", "model_path": "x"}, "model_path: unknown key"),
+        ({"backend": "openai", "model": "m"}, "base_url: required key is missing"),
         ({"backend": "openai", "base_url": "h", "model": "m"}, "base_url: String should match"),
         ({"backend": "local", "process_weight": 1.5}, "process_weight: Input should be less than or equal to 1"),
         ({"backend": "local", "temperature": -1}, "temperature: Input should be greater than or equal to 0"),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from reinflow.sandbox.runner import (
+from reinflow.sandbox import (
     MIB,
     SandboxIsolation,
     SandboxLimits,

@@ -15,7 +15,11 @@ class ConfigError(ReinflowError):
 
 
 def format_validation_error(error: ValidationError, root: type[BaseModel], source: str) -> str:
-    """One line per problem: ``<source>: <key.path>: <what is wrong>[ (did you mean '<key>'?)]``."""
+    """One line per problem: ``<source>: <key.path>: <what is wrong>[ (did you mean '<key>'?)]``.
+
+    The bad value is quoted (``(got ...)``) unless its field is declared ``Field(repr=False)``: such a
+    field may hold a pasted secret, so no message shows it.
+    """
     lines = [_format_one(item, root, source) for item in error.errors()]
     return "\n".join(lines)
 
@@ -34,8 +38,15 @@ def _format_one(item: dict, root: type[BaseModel], source: str) -> str:
     if item["type"] in ("literal_error", "union_tag_invalid"):
         return f"{source}: {key_path}: {message}"
     got = item.get("input")
-    got_text = f" (got {got!r})" if not isinstance(got, (dict, list)) and got is not None else ""
+    quotable = not isinstance(got, (dict, list)) and got is not None and _shown(model, key)
+    got_text = f" (got {got!r})" if quotable else ""
     return f"{source}: {key_path}: {message}{got_text}"
+
+
+def _shown(model: type[BaseModel] | None, key: str) -> bool:
+    """Whether ``key``'s value may be quoted: not for a field declared ``repr=False``."""
+    field = model.model_fields.get(key) if model is not None else None
+    return field is None or field.repr
 
 
 def _nearest(key: str, model: type[BaseModel] | None) -> str:

@@ -11,8 +11,10 @@ from __future__ import annotations
 from agentscope.permission import PermissionBehavior, PermissionDecision
 from agentscope.tool import FunctionTool
 
+from reinflow.sandbox.limits import SandboxLimits
 from reinflow.sandbox.notebook_cell import echo_last_expression
-from reinflow.sandbox.runner import SandboxLimits, format_tool_output, run_python_async
+from reinflow.sandbox.runner import run_python_async
+from reinflow.sandbox.tool_output import format_tool_output
 
 
 def execute_python_code_tool(limits: SandboxLimits | None = None, echo_last_value: bool = True) -> FunctionTool:

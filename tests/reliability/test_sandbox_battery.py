@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from reinflow.sandbox.runner import MIB, SandboxLimits, SandboxResult, probe_isolation, run_python
+from reinflow.sandbox import MIB, SandboxLimits, SandboxResult, probe_isolation, run_python
 
 PROMISE = "sandbox: hostile code contained, trainer unharmed"
 PROJECT = Path(__file__).resolve().parents[2]
