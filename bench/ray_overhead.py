@@ -43,7 +43,8 @@ from transformers import AutoModelForCausalLM
 from reinflow.config import ExperimentConfig
 from reinflow.config.models import SMOLLM2, resolve_model
 from reinflow.training.policy import PolicyTrainer
-from reinflow.distributed.policy_group import RayPolicyGroup, init_ray
+from reinflow.distributed.policy_group import RayPolicyGroup
+from reinflow.distributed.ray_cluster import init_ray
 from reinflow.training.train_batch import TrainSample
 
 

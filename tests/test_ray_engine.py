@@ -29,7 +29,8 @@ from reinflow.config import ExperimentConfig
 from reinflow.run import rollout_runtime
 from reinflow.engines.base import Generation, SamplingParams
 from reinflow.engines.hf import HFEngine
-from reinflow.distributed.engine_replicas import MIN_AFFINE_TOKENS, EngineReplicaLost, RayEngineReplicas, ReplicaRouter
+from reinflow.distributed.engine_replicas import EngineReplicaLost, RayEngineReplicas
+from reinflow.distributed.replica_router import MIN_AFFINE_TOKENS, ReplicaRouter
 from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
 
 ray = pytest.importorskip("ray")
@@ -40,7 +41,8 @@ MAX_NEW = [9, 21, 5, 14, 30, 6]
 ENGINE = {"max_model_len": 512, "max_batch_size": 4}
 
 
-def make_config(replicas: int = 2, backbone: str = "debug", workers: int = 1, **rollout) -> ExperimentConfig:
+def make_config(replicas: int = 2, backbone: str = "debug", workers: int = 1, train: dict | None = None,
+                **rollout) -> ExperimentConfig:
     return ExperimentConfig.model_validate({
         "experiment": "test",
         "backbone": backbone,
@@ -50,7 +52,7 @@ def make_config(replicas: int = 2, backbone: str = "debug", workers: int = 1, **
                     "cpus_per_engine": 1} | ENGINE | rollout,
         "judge": {"protocol": "judges.math_answer->MathAnswerJudge"},
         "model": {"path": TINY_RANDOM_LLAMA},
-        "train": {"workers": workers, "cpus_per_worker": 1, "lr": 1e-3, "micro_batch_tokens": 32},
+        "train": {"workers": workers, "cpus_per_worker": 1, "lr": 1e-3, "micro_batch_tokens": 32} | (train or {}),
     })
 
 
@@ -111,7 +113,7 @@ def ray_session():
 @pytest.fixture(scope="module")
 def replicas(ray_session, folder):
     started = time.perf_counter()
-    engine = RayEngineReplicas(make_config(2), folder, start_timeout_s=120)
+    engine = RayEngineReplicas(make_config(2, train={"ray_start_timeout_seconds": 120}), folder)
     print(f"two replicas started in {time.perf_counter() - started:.1f} s")
     yield engine
     asyncio.run(engine.close())

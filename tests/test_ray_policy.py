@@ -29,7 +29,8 @@ from reinflow.run.checkpoint import read_checkpoint, write_checkpoint
 from reinflow.config import ExperimentConfig
 from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
 from reinflow.training.policy import PolicyTrainer
-from reinflow.distributed.policy_group import RayPolicyGroup, RayWorkerLost, cluster_address, combine_metrics, shard_samples
+from reinflow.distributed.policy_group import RayPolicyGroup, RayWorkerLost, combine_metrics, shard_samples
+from reinflow.distributed.ray_cluster import cluster_address
 from reinflow.training.train_batch import TrainSample, batch_normalizer
 
 ray = pytest.importorskip("ray")

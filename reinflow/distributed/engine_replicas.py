@@ -5,7 +5,7 @@
 builds it when ``rollout.engine_replicas > 1``. It is built once per process (the rollout
 runtime is cached) and lives as long as the runtime:
 
-1. **Ray.** Connected the way ``RayPolicyGroup`` connects (``ray_policy.init_ray``): a Ray
+1. **Ray.** Connected the way ``RayPolicyGroup`` connects (``ray_cluster.init_ray``): a Ray
    already initialised in this process is used as it is; ``train.ray_address`` (else
    ``$RAY_ADDRESS``) joins that cluster; otherwise a private, quiet local Ray starts with enough
    logical CPUs for the replicas *and* the policy workers of ``backbone: ray`` (the engine is
@@ -14,14 +14,16 @@ runtime is cached) and lives as long as the runtime:
 2. **Placement.** One placement group, one bundle per replica (``rollout.cpus_per_engine`` CPUs,
    ``rollout.gpus_per_engine`` GPUs), strategy ``SPREAD`` (or ``$REINFLOW_RAY_PLACEMENT``, the
    same override as the policy workers'): on a multi-node cluster the replicas go to different
-   nodes, as evenly as Ray can; on one machine they all land there.
+   nodes, as evenly as Ray can; on one machine they all land there. The cluster has
+   ``train.ray_start_timeout_seconds`` to grant the bundles and load the engines.
 3. **Replicas.** One async Ray actor per bundle (``_EngineReplica``), each holding the configured
    engine (``factory.create_engine``, ``rollout.max_batch_size`` rows of its own) with
-   ``torch.set_num_threads`` = its CPU share. The model folder is the driver's where it exists on
-   the replica's node; elsewhere the replica resolves ``model.path`` itself. ``nodes`` lists, per
+   ``torch.set_num_threads`` = its CPU share, set up with the environment the driver forwards
+   (``ray_cluster.forwarded_env``). The model folder is the driver's where it exists on the
+   replica's node; elsewhere the replica resolves ``model.path`` itself. ``nodes`` lists, per
    replica, its node id, IP, pid, threads and device.
 
-Routing (``ReplicaRouter``, on the driver): a request goes to the replica with the fewest requests
+Routing (``reinflow.distributed.replica_router.ReplicaRouter``, on the driver): a request goes to the replica with the fewest requests
 in flight (ties: the one that was sent fewer so far), except that a prompt *extending* a prompt
 recently sent to a replica (it starts with that whole prompt: the same GRPO group's prompt, or an
 agent's next turn re-sending its conversation) goes to that replica, whose prefix cache holds it,
@@ -52,40 +54,37 @@ import os
 import random
 import time
 import weakref
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reinflow.config import ExperimentConfig
-from reinflow.errors import RunInterrupted
-from reinflow.distributed.policy_group import (
-    DEFAULT_PLACEMENT,
-    FORWARDED_ENV,
-    PLACEMENT_ENV,
-    PLACEMENT_STRATEGIES,
-    _from_numpy,
-    _lost_errors,
-    _release,
-    _to_numpy,
+from reinflow.distributed.ray_cluster import (
+    forwarded_env,
+    from_numpy,
     init_ray,
+    lost_actor_errors,
     lost_actor_line,
+    placement_strategy,
+    release,
+    reserve_bundles,
+    shutdown_ray,
+    to_numpy,
     wait_for_all,
 )
+from reinflow.distributed.replica_router import ReplicaRouter
+from reinflow.errors import RunInterrupted
 
 if TYPE_CHECKING:
     import torch
+    from ray.exceptions import RayTaskError
 
     from reinflow.engines.base import Generation, SamplingParams
 
-# torch is imported lazily (as in ``ray_policy``): a replica process imports this module before
-# ``_EngineReplica.__init__`` has set the forwarded environment that OpenMP reads when torch loads.
+# torch is imported lazily: a replica process imports this module before ``_EngineReplica.__init__``
+# has set the forwarded environment that OpenMP reads when torch loads.
 
-RECENT_PROMPTS = 256
-"""Prompts remembered per replica for routing an extension back to it (the last ones sent)."""
-MIN_AFFINE_TOKENS = 8
-"""Shorter remembered prompts do not pull requests to a replica (the engine reuses no shorter prefix)."""
 CLOSE_TIMEOUT_S = 30.0
 """How long ``close`` waits for the replicas to stop their engines before killing them."""
 
@@ -96,54 +95,6 @@ class EngineReplicaLost(RunInterrupted):
     """An engine replica died (or its engine failed) and the replicas can no longer serve.
 
     The rollout stops at it; a resumed run rebuilds the engine."""
-
-
-# ----------------------------------------------------------------------------- routing (pure)
-
-
-class ReplicaRouter:
-    """Which replica serves a request: least in flight, prefix affinity (see the module docstring).
-
-    ``pick(prompt)`` chooses and counts the request in flight; ``done(replica)`` when it ends."""
-
-    def __init__(self, replicas: int, capacity: int, recent: int = RECENT_PROMPTS) -> None:
-        self.capacity = capacity
-        self.in_flight = [0] * replicas
-        self.sent = [0] * replicas
-        self.recent: list[deque[list[int]]] = [deque(maxlen=recent) for _ in range(replicas)]
-
-    def pick(self, prompt: Sequence[int]) -> int:
-        prompt = list(prompt)
-        least = min(range(len(self.in_flight)), key=lambda r: (self.in_flight[r], self.sent[r], r))
-        affine = self.affine(prompt)
-        chosen = affine if affine is not None and self.in_flight[affine] < self.capacity else least
-        self.in_flight[chosen] += 1
-        self.sent[chosen] += 1
-        if len(prompt) >= MIN_AFFINE_TOKENS:
-            self.recent[chosen].append(prompt)
-        return chosen
-
-    def done(self, replica: int) -> None:
-        self.in_flight[replica] -= 1
-
-    def affine(self, prompt: list[int]) -> int | None:
-        """The replica holding the longest remembered prompt that ``prompt`` starts with (ties: the
-        one with fewer in flight), or ``None``."""
-        best: tuple[int, int] | None = None  # (length, -in_flight)
-        chosen = None
-        for replica, remembered in enumerate(self.recent):
-            for old in remembered:
-                n = len(old)
-                if n > len(prompt) or prompt[n - 1] != old[-1] or prompt[:n] != old:
-                    continue
-                key = (n, -self.in_flight[replica])
-                if best is None or key > best:
-                    best, chosen = key, replica
-        return chosen
-
-    @property
-    def busy(self) -> int:
-        return sum(self.in_flight)
 
 
 # ----------------------------------------------------------------------------- the replica actor
@@ -162,11 +113,13 @@ class _EngineReplica:
 
     async def setup(self, kind: str, model_folder: str, model_path: str, dtype: str, max_model_len: int,
                     max_batch_size: int, device: str | None, vllm_memory_fraction: float) -> dict[str, Any]:
+        """Load the engine; returns where this replica runs (node id, IP, pid, threads, device) and
+        how long loading took."""
         import ray
         import torch
 
-        from reinflow.engines.factory import create_engine
         from reinflow.config.models import resolve_model
+        from reinflow.engines.factory import create_engine
 
         started = time.perf_counter()
         torch.set_num_threads(self.threads)
@@ -181,12 +134,15 @@ class _EngineReplica:
                 "device": str(getattr(self.engine, "device", device)), "setup_seconds": time.perf_counter() - started}
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> Generation:
+        """The engine's ``generate``, awaited here (many at once: the actor is async)."""
         return await self.engine.generate(prompt_ids, sampling)
 
     async def load_weights(self, weights: dict[str, Any] | str) -> None:
-        self.engine.load_weights(Path(weights) if isinstance(weights, str) else _from_numpy(weights))
+        """The engine's ``load_weights`` from NumPy arrays or a folder path."""
+        self.engine.load_weights(Path(weights) if isinstance(weights, str) else from_numpy(weights))
 
     async def close(self) -> None:
+        """Stop the engine (once it was loaded)."""
         if self.engine is not None:
             await self.engine.close()
 
@@ -198,33 +154,29 @@ class RayEngineReplicas:
     """``rollout.engine_replicas`` engines on Ray behind the ``Engine`` protocol; see the module docstring.
 
     ``placement``: the placement group strategy (default ``$REINFLOW_RAY_PLACEMENT`` or ``SPREAD``).
-    ``start_timeout_s``: how long to wait for the cluster to grant the replicas' resources and for
-    their engines to load."""
+    How long the cluster may take to grant the replicas' resources and load their engines is
+    ``train.ray_start_timeout_seconds``."""
 
-    def __init__(self, config: ExperimentConfig, model_folder: Path, *, placement: str | None = None,
-                 start_timeout_s: float = 600.0) -> None:
+    def __init__(self, config: ExperimentConfig, model_folder: Path, *, placement: str | None = None) -> None:
         rollout = config.rollout
         self.replicas = rollout.engine_replicas
-        self.placement = (placement or os.environ.get(PLACEMENT_ENV) or DEFAULT_PLACEMENT).upper()
-        if self.placement not in PLACEMENT_STRATEGIES:
-            raise ValueError(f"placement must be one of {PLACEMENT_STRATEGIES}, got {self.placement!r}")
+        self.placement = placement_strategy(placement)
         self.router = ReplicaRouter(self.replicas, rollout.max_batch_size)
         self.nodes: list[dict[str, Any]] = []  # per replica, once the engines are loaded
         self._seeds = random.Random(0)
         self._broken: str | None = None
         self._handles: dict[str, Any] = {"actors": [], "pg": None}
-        self._finalizer = weakref.finalize(self, _release, self._handles)
+        self._finalizer = weakref.finalize(self, release, self._handles)
         self.started_ray = init_ray(_cpus_needed(config), config.train.ray_address)
         try:
-            pg = self._reserve(rollout.cpus_per_engine, rollout.gpus_per_engine, start_timeout_s)
-            self._start(config, pg)
+            self._start(config)
             device = "cpu" if rollout.gpus_per_engine == 0 else None
             self.nodes = self._wait(
                 [actor.setup.remote(rollout.engine, str(model_folder), config.model.path, config.model.dtype,
                                     rollout.max_model_len, rollout.max_batch_size, device,
                                     rollout.vllm_memory_fraction)
                  for actor in self._actors],
-                "start", start_timeout_s,
+                "start", config.train.ray_start_timeout_seconds,
             )
         except BaseException:
             self._finalizer()
@@ -248,7 +200,7 @@ class RayEngineReplicas:
         except asyncio.CancelledError:
             ray.cancel(ref)
             raise
-        except _lost_errors() as error:
+        except lost_actor_errors() as error:
             raise EngineReplicaLost(self._fail(self._lost("generate", replica, error))) from error
         except ray.exceptions.RayTaskError as error:
             raise self._task_error("generate", replica, error) from None
@@ -265,17 +217,19 @@ class RayEngineReplicas:
         self._check()
         if self.router.busy:
             raise EngineBusyError(f"load_weights with {self.router.busy} request(s) in flight: await every episode first")
-        ref = ray.put(str(weights) if isinstance(weights, (str, Path)) else _to_numpy(dict(weights)))
+        ref = ray.put(str(weights) if isinstance(weights, (str, Path)) else to_numpy(dict(weights)))
         self._wait([actor.load_weights.remote(ref) for actor in self._actors], "load_weights", None)
 
     async def close(self) -> None:
         """Stop the replicas' engines (waiting up to ``CLOSE_TIMEOUT_S``), kill the replicas, free
         their placement group and disconnect from Ray if this engine connected. Safe to call twice."""
+        import ray
+
         if self._actors and self._broken is None:
             refs = [actor.close.remote() for actor in self._actors]
             try:
                 await asyncio.wait_for(asyncio.gather(*refs), CLOSE_TIMEOUT_S)
-            except Exception:  # noqa: BLE001 - a replica already dead or slow: it is killed below
+            except (TimeoutError, ray.exceptions.RayError):  # a replica dead, failing or slow: killed below
                 pass
         self._broken = self._broken or "closed"
         self._finalizer()
@@ -292,32 +246,20 @@ class RayEngineReplicas:
     def _actors(self) -> list[Any]:
         return self._handles["actors"]
 
-    def _reserve(self, cpus: float, gpus: float, timeout_s: float) -> Any:
-        """One placement group, one bundle per replica; waits until the cluster grants it."""
-        import ray
-        from ray.util.placement_group import placement_group
-
-        bundle: dict[str, float] = {"CPU": cpus} | ({"GPU": gpus} if gpus else {})
-        pg = placement_group([dict(bundle) for _ in range(self.replicas)], strategy=self.placement,
-                             name=f"reinflow-engine-{os.getpid()}-{id(self):x}")
-        self._handles["pg"] = pg
-        if not pg.wait(timeout_seconds=timeout_s):
-            raise RuntimeError(
-                f"Ray could not reserve {self.replicas} engine replica(s) of {bundle} ({self.placement}) within "
-                f"{timeout_s:.0f} s; the cluster has {ray.cluster_resources()} (lower rollout.engine_replicas / "
-                "cpus_per_engine / gpus_per_engine or add nodes)"
-            )
-        return pg
-
-    def _start(self, config: ExperimentConfig, pg: Any) -> None:
-        """One async actor per bundle (the engines load in ``setup``)."""
+    def _start(self, config: ExperimentConfig) -> None:
+        """Reserve one bundle per replica (waiting up to ``train.ray_start_timeout_seconds``) and start
+        one async ``_EngineReplica`` actor in each (the engines load in ``setup``)."""
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         rollout = config.rollout
-        env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        threads = max(1, int(rollout.cpus_per_engine))
+        bundle: dict[str, float] = {"CPU": rollout.cpus_per_engine} | (
+            {"GPU": rollout.gpus_per_engine} if rollout.gpus_per_engine else {})
+        pg = reserve_bundles(self._handles, self.replicas, bundle, self.placement,
+                             f"reinflow-engine-{os.getpid()}-{id(self):x}", config.train.ray_start_timeout_seconds,
+                             what="engine replica(s)", remedy="lower rollout.engine_replicas / cpus_per_engine / "
+                             "gpus_per_engine or add nodes")
+        env, threads = forwarded_env(), max(1, int(rollout.cpus_per_engine))
         actor_class = ray.remote(_EngineReplica)
         for index in range(self.replicas):
             self._actors.append(actor_class.options(
@@ -342,10 +284,10 @@ class RayEngineReplicas:
         """One line naming the dead replica (index, pid, node) and the first line of Ray's report."""
         return lost_actor_line(what, f"engine replica {index} of {self.replicas}", self.nodes, index, error)
 
-    def _task_error(self, what: str, index: int, error: BaseException) -> BaseException:
+    def _task_error(self, what: str, index: int, error: RayTaskError) -> BaseException:
         """The exception a replica's call raised, as the caller should see it: the engine's own failure
         (a ``RunInterrupted``) breaks the replicas; anything else (a rejected request) is the request's."""
-        cause = getattr(error, "cause", None) or error
+        cause = error.cause or error
         if isinstance(cause, RunInterrupted):
             return EngineReplicaLost(self._fail(self._lost(what, index, cause)))
         return cause
@@ -362,12 +304,9 @@ class RayEngineReplicas:
         )
 
     def _shutdown_ray(self) -> None:
-        import ray
-
-        if self.started_ray:
-            if ray.is_initialized():
-                ray.shutdown()
-            self.started_ray = False
+        """Disconnect from Ray if this engine connected it (see ``ray_cluster.shutdown_ray``)."""
+        shutdown_ray(self.started_ray)
+        self.started_ray = False
 
 
 def _cpus_needed(config: ExperimentConfig) -> float:

@@ -4,10 +4,11 @@
 that the training flow uses (``train_step``, ``engine_weights``, ``state``, ``load_state``) plus
 ``close``. It is built **once per training run**:
 
-1. **Ray.** When Ray is already initialised in this process (a user's own ``ray.init``) it uses
-   that; with ``config.train.ray_address`` set (or else ``$RAY_ADDRESS``) it connects to that
-   cluster (``auto``, ``host:port`` or ``ray://host:port``; ``ray start --head`` elsewhere, see
-   ``docs/RAY.md``); otherwise it starts a private local instance, quiet (no dashboard, worker logs not forwarded, Ray's own logging at ERROR) with
+1. **Ray.** ``ray_cluster.init_ray``: when Ray is already initialised in this process (a user's
+   own ``ray.init``) it uses that; with ``config.train.ray_address`` set (or else
+   ``$RAY_ADDRESS``) it connects to that cluster (``auto``, ``host:port`` or ``ray://host:port``;
+   ``ray start --head`` elsewhere, see ``docs/RAY.md``); otherwise it starts a private local
+   instance, quiet (no dashboard, worker logs not forwarded, Ray's own logging at ERROR) with
    ``max(cpu_count, workers * cpus_per_worker)`` CPUs. ``close`` undoes only what the group did:
    a local instance it started shuts down, a cluster it joined keeps running, a Ray that was
    already initialised stays as it was.
@@ -17,14 +18,17 @@ that the training flow uses (``train_step``, ``engine_weights``, ``state``, ``lo
    share nodes only where there are more workers than nodes with room; on one machine they all
    land there. ``placement="PACK"`` (or ``$REINFLOW_RAY_PLACEMENT``) keeps them on one node
    where they fit (the all-reduce stays on the machine); ``STRICT_PACK`` / ``STRICT_SPREAD``
-   insist.
-3. **Workers.** ``config.train.workers`` actors (``_PolicyWorker``), each holding a
-   ``PolicyTrainer(rank=r, world_size=n)`` with ``torch.set_num_threads`` = its CPU share. Rank 0
-   picks a free TCP port on its own node's IP; every rank joins one ``torch.distributed`` group
-   there (``gloo`` on CPU, ``nccl`` when ``gpus_per_worker >= 1``). The trainers broadcast rank
-   0's weights at start, so every rank begins identical. The model folder is the driver's
-   resolved ``model_folder`` where it exists on the worker's node; elsewhere the worker resolves
-   ``config.model.path`` itself (a built-in or hub model is built / downloaded on that node).
+   insist. The cluster has ``train.ray_start_timeout_seconds`` to grant the bundles and start the
+   workers; past it the group fails with the cluster's resources in the message.
+3. **Workers.** ``config.train.workers`` actors (``reinflow.distributed.policy_worker.PolicyWorker``),
+   each holding a ``PolicyTrainer(rank=r, world_size=n)`` with ``torch.set_num_threads`` = its
+   CPU share. Rank 0 picks a free TCP port on its own node's IP; every rank joins one
+   ``torch.distributed`` group there (``gloo`` on CPU, ``nccl`` when ``gpus_per_worker >= 1``;
+   a rank waits ``train.ray_collective_timeout_seconds`` for the others in a collective). The
+   trainers broadcast rank 0's weights at start, so every rank begins identical. The model folder
+   is the driver's resolved ``model_folder`` where it exists on the worker's node; elsewhere the
+   worker resolves ``config.model.path`` itself (a built-in or hub model is built / downloaded on
+   that node).
 
 Per iteration, ``train_step(samples)``:
 
@@ -53,7 +57,7 @@ copies them into its own parameters; copy before writing to them). ``load_state(
 state into the object store once and restores it on every rank.
 
 Failures: an actor that dies (killed, out of memory, its node lost) makes the current or next
-call raise ``RayWorkerLost`` (a ``RuntimeError``) as soon as Ray reports it, without waiting for
+call raise ``RayWorkerLost`` (a ``RunInterrupted``) as soon as Ray reports it, without waiting for
 the surviving ranks (which may be blocked in the all-reduce). The group is then unusable: its
 workers are killed and their resources freed at once, every later call raises ``RayWorkerLost``
 too, and a resumed run builds a new group (in this process or another) and loads the last
@@ -63,47 +67,41 @@ a checkpoint of another model) is re-raised and leaves the group usable. Workers
 when the group is garbage-collected; Ray kills them anyway when the driver process exits.
 
 Rollout engine replicas (``rollout.engine_replicas > 1``, ``reinflow.distributed.engine_replicas``) join
-Ray through the same ``init_ray`` and use the same placement convention, in a placement group of
-their own.
+Ray through the same ``ray_cluster.init_ray`` and use the same placement convention, in a placement
+group of their own.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import socket
-import sys
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reinflow.config import ExperimentConfig
+from reinflow.distributed.policy_worker import PolicyWorker
+from reinflow.distributed.ray_cluster import (
+    forwarded_env,
+    from_numpy,
+    init_ray,
+    lost_actor_line,
+    placement_strategy,
+    release,
+    reserve_bundles,
+    shutdown_ray,
+    wait_for_all,
+)
 from reinflow.errors import RunInterrupted
-from reinflow.faults import CRASH_ENV, crash_point
 
 if TYPE_CHECKING:
     import torch
 
     from reinflow.training.train_batch import TrainSample
 
-# torch (and everything that imports it) is imported lazily: a worker process imports this
-# module before ``_PolicyWorker.__init__`` has set the forwarded environment, and OpenMP reads
-# ``OMP_WAIT_POLICY`` when torch loads it.
-
-PLACEMENT_ENV = "REINFLOW_RAY_PLACEMENT"
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-DEFAULT_PLACEMENT = "SPREAD"
-"""Workers on different nodes of a cluster where it has several (see the module docstring)."""
-FORWARDED_ENV = ("OMP_WAIT_POLICY", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "HF_HUB_OFFLINE",
-                 "REINFLOW_CACHE_DIR", "TOKENIZERS_PARALLELISM", CRASH_ENV)
-"""Environment variables the driver hands to its workers (where set here), so that they also reach
-workers on other nodes of a cluster. ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (spinning OpenMP
-threads are 3-6x slower on a small CPU)."""
+# torch (and everything that imports it) is imported lazily, as in ``policy_worker``.
 
 SUMMED_METRICS = frozenset(
     {"loss", "policy_loss", "kl", "entropy", "clip_fraction", "approx_kl", "ratio_mean", "trained_tokens"}
@@ -160,129 +158,6 @@ def combine_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
     return combined
 
 
-def _to_numpy(weights: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """CPU NumPy arrays where the dtype allows (Ray ships those zero-copy), tensors otherwise."""
-    import torch
-
-    out: dict[str, Any] = {}
-    for name, tensor in weights.items():
-        tensor = tensor.detach().cpu()
-        out[name] = tensor.numpy() if tensor.dtype not in (torch.bfloat16,) else tensor
-    return out
-
-
-def _from_numpy(weights: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Tensors over the (read-only) arrays, without copying."""
-    import numpy as np
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
-        return {name: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for name, v in weights.items()}
-
-
-def _to_cpu(value: Any) -> Any:
-    """``value`` with every tensor moved to the CPU (dicts, lists and tuples walked)."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
-# ----------------------------------------------------------------------------- the worker actor
-
-
-class _PolicyWorker:
-    """One rank: a ``PolicyTrainer`` inside a Ray actor process, alive for the whole run."""
-
-    def __init__(self, threads: int, env: dict[str, str]) -> None:
-        late = [key for key in env if key == "OMP_WAIT_POLICY" and "torch" in sys.modules
-                and os.environ.get(key) != env[key]]
-        os.environ.update(env)  # before torch loads OpenMP (see the imports above)
-        import torch
-
-        if late:
-            logging.getLogger(__name__).warning("torch was loaded before OMP_WAIT_POLICY=%s was set: "
-                                                "export it before `ray start` on this node", env["OMP_WAIT_POLICY"])
-        torch.set_num_threads(threads)
-        self.trainer = None
-        self.rank, self.world_size, self.updates = 0, 1, 0
-
-    def endpoint(self) -> tuple[str, int]:
-        """``(this node's IP, a free TCP port on it)``: the rendezvous, asked of rank 0 only."""
-        import ray
-
-        return ray.util.get_node_ip_address(), _free_port()
-
-    def setup(self, config: ExperimentConfig, model_folder: str, rank: int, world_size: int,
-              master: tuple[str, int], backend: str, device: str, timeout_s: float) -> dict[str, Any]:
-        """Join the process group and build the trainer (all ranks at once: it broadcasts)."""
-        import ray
-        import torch
-        import torch.distributed as dist
-
-        from reinflow.config.models import resolve_model
-        from reinflow.training.policy import PolicyTrainer
-
-        started = time.perf_counter()
-        self.rank, self.world_size = rank, world_size
-        if world_size > 1:
-            dist.init_process_group(backend, init_method=f"tcp://{master[0]}:{master[1]}", rank=rank,
-                                    world_size=world_size, timeout=timedelta(seconds=timeout_s))
-        folder = Path(model_folder)
-        if not (folder / "config.json").is_file():
-            folder = resolve_model(config.model.path)
-        self.trainer = PolicyTrainer(config, folder, rank=rank, world_size=world_size, device=device)
-        return {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
-                "ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "threads": torch.get_num_threads(),
-                "device": str(self.trainer.device), "setup_seconds": time.perf_counter() - started}
-
-    def train_step(self, samples: list[TrainSample], normalizer: float) -> dict[str, float]:
-        self.updates += 1
-        if self.rank == self.world_size - 1:  # fault-injection tests: the last rank dies mid-update
-            crash_point("worker_update", self.updates)
-        return self.trainer.train_step(samples, normalizer)
-
-    def engine_weights(self) -> dict[str, Any]:
-        return _to_numpy(self.trainer.engine_weights())
-
-    def trainable_weights(self, gradients: bool = False) -> dict[str, Any]:
-        """This rank's trainable parameters, or their last gradients (tests compare with them)."""
-        params = self.trainer.parameters.items()
-        if gradients:
-            return _to_numpy({name: p.grad for name, p in params if p.grad is not None})
-        return _to_numpy(dict(params))
-
-    def state(self) -> dict:
-        return _to_cpu(self.trainer.state())
-
-    def rng_state(self) -> dict:
-        from reinflow.training.policy import rng_state
-
-        return rng_state()
-
-    def load_state(self, state: dict, rng: dict | None = None) -> None:
-        """``PolicyTrainer.load_state``, then this rank's own RNG state where one is given."""
-        from reinflow.training.policy import set_rng_state
-
-        self.trainer.load_state(state)
-        if rng is not None:
-            set_rng_state(rng)
-
-    def ping(self) -> int:
-        return os.getpid()
-
 
 # ----------------------------------------------------------------------------- the group
 
@@ -292,68 +167,65 @@ class RayPolicyGroup:
 
     ``placement``: the placement group strategy (default ``$REINFLOW_RAY_PLACEMENT`` or ``SPREAD``).
     ``timeout_s``: how long any call waits for its workers before declaring them lost (``None``:
-    no limit; a long update is not a failure). ``start_timeout_s``: how long to wait for the
-    cluster to grant the workers' resources and for the workers to start.
+    no limit; a long update is not a failure). How long the cluster may take to grant the
+    workers' resources and start them is ``train.ray_start_timeout_seconds``.
     """
 
     def __init__(self, config: ExperimentConfig, model_folder: Path, *, placement: str | None = None,
-                 timeout_s: float | None = None, start_timeout_s: float = 600.0) -> None:
-        import ray
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
+                 timeout_s: float | None = None) -> None:
         train = config.train
         self.config = config
         self.workers = train.workers
         self.timeout_s = timeout_s
-        self.placement = (placement or os.environ.get(PLACEMENT_ENV) or DEFAULT_PLACEMENT).upper()
-        if self.placement not in PLACEMENT_STRATEGIES:
-            raise ValueError(f"placement must be one of {PLACEMENT_STRATEGIES}, got {self.placement!r}")
+        self.placement = placement_strategy(placement)
         self._broken: str | None = None
         self.nodes: list[dict[str, Any]] = []  # per rank, once the workers are set up
         self._handles: dict[str, Any] = {"actors": [], "pg": None}
-        self._finalizer = weakref.finalize(self, _release, self._handles)  # also when garbage-collected
+        self._finalizer = weakref.finalize(self, release, self._handles)  # also when garbage-collected
         self.started_ray = init_ray(train.workers * train.cpus_per_worker, train.ray_address)
         try:
-            bundle: dict[str, float] = {"CPU": train.cpus_per_worker}
-            if train.gpus_per_worker:
-                bundle["GPU"] = train.gpus_per_worker
-            pg = self._handles["pg"] = placement_group(
-                [dict(bundle) for _ in range(self.workers)], strategy=self.placement,
-                name=f"reinflow-policy-{os.getpid()}-{id(self):x}",
-            )
-            if not pg.wait(timeout_seconds=start_timeout_s):
-                raise RuntimeError(
-                    f"Ray could not reserve {self.workers} worker(s) of {bundle} ({self.placement}) within "
-                    f"{start_timeout_s:.0f} s; the cluster has {ray.cluster_resources()} "
-                    "(lower train.workers / cpus_per_worker / gpus_per_worker or add nodes)"
-                )
-            env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
-            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            threads = max(1, int(train.cpus_per_worker))
-            actor_class = ray.remote(_PolicyWorker)
-            actors = self._handles["actors"]
-            for rank in range(self.workers):
-                strategy = PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=rank)
-                actors.append(actor_class.options(
-                    num_cpus=train.cpus_per_worker, num_gpus=train.gpus_per_worker, max_restarts=0,
-                    scheduling_strategy=strategy,
-                    name=f"reinflow-policy-rank{rank}-{os.getpid()}-{id(self):x}",
-                ).remote(threads, env))
-            gpu = train.gpus_per_worker > 0
+            self._start_workers()
             backend = "nccl" if train.gpus_per_worker >= 1 else "gloo"
-            master = self._call([self._actors[0].endpoint.remote()], "start", start_timeout_s)[0]
-            self.nodes = self._call(
-                [actor.setup.remote(config, str(model_folder), rank, self.workers, master, backend,
-                                    "cuda" if gpu else "cpu", _PG_TIMEOUT_S)
-                 for rank, actor in enumerate(self._actors)],
-                "start", start_timeout_s,
-            )
+            self.nodes = self._setup_workers(model_folder, backend)
         except BaseException:
             self.close()
             raise
         _log.info("policy group: %d worker(s) on %d node(s), %s", self.workers,
                   len({n["node_id"] for n in self.nodes}), backend)
+
+    def _start_workers(self) -> None:
+        """Reserve one bundle per worker (waiting up to ``train.ray_start_timeout_seconds``) and start
+        one ``PolicyWorker`` actor in each."""
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        train = self.config.train
+        bundle: dict[str, float] = {"CPU": train.cpus_per_worker} | (
+            {"GPU": train.gpus_per_worker} if train.gpus_per_worker else {})
+        pg = reserve_bundles(self._handles, self.workers, bundle, self.placement,
+                             f"reinflow-policy-{os.getpid()}-{id(self):x}", train.ray_start_timeout_seconds,
+                             what="worker(s)", remedy="lower train.workers / cpus_per_worker / gpus_per_worker "
+                             "or add nodes")
+        env, threads = forwarded_env(), max(1, int(train.cpus_per_worker))
+        actor_class = ray.remote(PolicyWorker)
+        for rank in range(self.workers):
+            strategy = PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=rank)
+            self._actors.append(actor_class.options(
+                num_cpus=train.cpus_per_worker, num_gpus=train.gpus_per_worker, max_restarts=0,
+                scheduling_strategy=strategy, name=f"reinflow-policy-rank{rank}-{os.getpid()}-{id(self):x}",
+            ).remote(threads, env))
+
+    def _setup_workers(self, model_folder: Path, backend: str) -> list[dict[str, Any]]:
+        """Rank 0's rendezvous, then every rank's ``setup`` at once (they broadcast); returns where
+        each rank runs. Both wait up to ``train.ray_start_timeout_seconds``."""
+        start_timeout_s = self.config.train.ray_start_timeout_seconds
+        device = "cuda" if self.config.train.gpus_per_worker > 0 else "cpu"
+        master = self._call([self._actors[0].endpoint.remote()], "start", start_timeout_s)[0]
+        return self._call(
+            [actor.setup.remote(self.config, str(model_folder), rank, self.workers, master, backend, device)
+             for rank, actor in enumerate(self._actors)],
+            "start", start_timeout_s,
+        )
 
     # ---- the PolicyTrainer interface ----------------------------------------------------------
 
@@ -397,7 +269,7 @@ class RayPolicyGroup:
     def engine_weights(self) -> dict[str, torch.Tensor]:
         """The full policy's weights from rank 0, as read-only tensors (see the module docstring)."""
         self._check()
-        return _from_numpy(self._call([self._actors[0].engine_weights.remote()], "engine_weights", self.timeout_s)[0])
+        return from_numpy(self._call([self._actors[0].engine_weights.remote()], "engine_weights", self.timeout_s)[0])
 
     def state(self) -> dict:
         """Rank 0's ``PolicyTrainer.state()`` (on the CPU) plus ``rank_rng``: the RNG states of
@@ -423,14 +295,10 @@ class RayPolicyGroup:
     def close(self) -> None:
         """Kill the workers, free their placement group and disconnect from Ray if this group
         connected (a local Ray it started shuts down). Safe to call twice."""
-        import ray
-
         self._finalizer()
         self._broken = self._broken or "closed"
-        if self.started_ray:
-            if ray.is_initialized():
-                ray.shutdown()
-            self.started_ray = False
+        shutdown_ray(self.started_ray)
+        self.started_ray = False
 
     def __enter__(self) -> RayPolicyGroup:
         return self
@@ -468,102 +336,3 @@ class RayPolicyGroup:
                 self._fail(f"{what}: no answer from policy worker(s) {ranks} within {timeout_s} s")),
             on_lost=lambda index, error: RayWorkerLost(self._fail(self._lost(what, index, error))),
         )
-
-
-def _release(handles: dict[str, Any]) -> None:
-    """Kill the actors and remove the placement group in ``handles`` (errors ignored: they may be
-    dead already, or Ray gone)."""
-    actors, pg = handles["actors"], handles["pg"]
-    handles["actors"], handles["pg"] = [], None
-    try:
-        import ray
-        from ray.util.placement_group import remove_placement_group
-
-        if not ray.is_initialized():
-            return
-        for actor in actors:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already dead
-                pass
-        if pg is not None:
-            remove_placement_group(pg)
-    except Exception:  # noqa: BLE001 - at interpreter exit Ray may be half shut down
-        pass
-
-
-_PG_TIMEOUT_S = 1800.0
-"""torch.distributed collective timeout: a rank waits this long for the others in an all-reduce
-(a slow rank's compute counts, so it is generous; a *dead* rank is detected by the driver)."""
-
-
-def wait_for_all(refs: list, timeout_s: float | None, *, on_timeout: Callable[[list[int]], Exception],
-                 on_lost: Callable[[int, BaseException], Exception],
-                 on_task_error: Callable[[int, BaseException], Exception] | None = None) -> list:
-    """Every ref's result, in order, failing fast: when ``timeout_s`` passes with refs pending,
-    ``on_timeout(their indices)`` is raised; when an actor behind a ref is lost (``_lost_errors``),
-    ``on_lost(index, error)``; when the remote call raised, ``on_task_error(index, error)`` (or the
-    ``RayTaskError`` itself). The other refs are not waited for."""
-    import ray
-
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    results: dict[int, Any] = {}
-    pending = list(refs)
-    while pending:
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
-        if not ready:
-            raise on_timeout([refs.index(ref) for ref in pending])
-        index = refs.index(ready[0])
-        try:
-            results[index] = ray.get(ready[0])
-        except _lost_errors() as error:
-            raise on_lost(index, error) from error
-        except ray.exceptions.RayTaskError as error:
-            if on_task_error is None:
-                raise
-            raise on_task_error(index, error) from None
-    return [results[i] for i in range(len(refs))]
-
-
-def lost_actor_line(what: str, actor: str, nodes: list[dict[str, Any]], index: int, error: BaseException) -> str:
-    """``"<what>: <actor> (pid P on IP) was lost: <first line of Ray's report>"``; the pid and node
-    come from ``nodes[index]`` when the actor got as far as reporting them."""
-    node = nodes[index] if index < len(nodes) else {}
-    where = f" (pid {node['pid']} on {node['ip']})" if node else ""
-    first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-    return f"{what}: {actor}{where} was lost: {first}"
-
-
-def _lost_errors() -> tuple[type[BaseException], ...]:
-    import ray.exceptions as rex
-
-    return tuple(getattr(rex, name) for name in ("RayActorError", "WorkerCrashedError", "NodeDiedError",
-                                                  "OutOfMemoryError", "ObjectLostError") if hasattr(rex, name))
-
-
-def cluster_address(configured: str | None) -> str | None:
-    """The Ray cluster to join: ``train.ray_address`` when set, else ``$RAY_ADDRESS``, else ``None``
-    (start a private local Ray)."""
-    return configured or os.environ.get("RAY_ADDRESS") or None
-
-
-def init_ray(cpus_needed: float = 0, address: str | None = None) -> bool:
-    """Make sure this process is connected to Ray; returns whether this call connected it.
-
-    Already initialised: nothing to do (``False``). A cluster address (``address``, i.e.
-    ``train.ray_address``, else ``$RAY_ADDRESS``; see ``cluster_address``): connect to that
-    cluster, quietly. Otherwise start a private, quiet local instance with ``max(cpu_count,
-    cpus_needed)`` logical CPUs (never an existing ``ray start`` instance: use ``auto`` for that)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
-    cluster = cluster_address(address)
-    if cluster:
-        ray.init(address=cluster, **quiet)
-        return True
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=False,
-             **quiet)
-    return True

@@ -25,8 +25,12 @@ Why not ``transformers.generation.continuous_batching``: in 5.23 its sampling pa
 
 The pieces: `reinflow.engines.packed_decoder` (the forward pass over a packed batch: fused, oneDNN-
 packed linear layers, decode attention; its docstring says why it is fast on a CPU),
-`reinflow.engines.kv_cache` (the static KV cache and the parked rows kept for prefix reuse) and
-`reinflow.engines.sampling` (per-request seeded sampling). Supported: ``llama``, ``qwen2`` and
+`reinflow.engines.kv_cache` (the static KV cache and the parked rows kept for prefix reuse),
+`reinflow.engines.prefix_reuse` (finding and copying an arriving prompt's cached prefix),
+`reinflow.engines.sampling` (per-request seeded sampling), `reinflow.engines.hf_request` (one
+request's state and checks, and handing its result back to its event loop),
+`reinflow.engines.engine_stats` (the scheduler's counters) and `reinflow.engines.hf_model` (the
+supported models, their EOS ids, loading new weights). Supported: ``llama``, ``qwen2`` and
 ``qwen3`` (full attention).
 
 Logprobs are ``log_softmax(logits / temperature)`` at the sampled token, before top-p truncation
@@ -51,23 +55,21 @@ import asyncio
 import random
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from reinflow.engines.base import FinishReason, Generation, SamplingParams
-from reinflow.engines.kv_cache import WIDTH_MULTIPLE, ParkedRows, StaticKVCache, new_cache, round_up
+from reinflow.engines.engine_stats import EngineStats
+from reinflow.engines.hf_model import DTYPES, check_supported, eos_ids, load_weights_into, read_weights_folder
+from reinflow.engines.hf_request import Request, set_exception, set_result, validate_request
+from reinflow.engines.kv_cache import WIDTH_MULTIPLE, ParkedRows, new_cache, round_up
 from reinflow.engines.packed_decoder import PackedDecoder, Plan, Prefill
+from reinflow.engines.prefix_reuse import PrefixSource, copy_prefix, longest_cached_prefix, waits_for
 from reinflow.engines.sampling import sample_rows
 from reinflow.errors import RunInterrupted
-
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3"})
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_MIN_REUSED_TOKENS = 8
 
 
 class EngineClosedError(RunInterrupted):
@@ -77,83 +79,6 @@ class EngineClosedError(RunInterrupted):
 
 class EngineBusyError(RuntimeError):
     """``load_weights`` was called while requests were in flight."""
-
-
-@dataclass
-class EngineStats:
-    """Counters the scheduler keeps; read them any time (metrics, tests, benchmarks)."""
-
-    passes: int = 0
-    decode_steps: int = 0
-    """Passes that advanced at least one running row."""
-    prefills: int = 0
-    prompt_tokens: int = 0
-    reused_prompt_tokens: int = 0
-    """Prompt tokens whose keys/values were copied from a running or parked row, not computed."""
-    generated_tokens: int = 0
-    rows_per_step: Counter[int] = field(default_factory=Counter)
-    """Histogram: running rows decoded in a pass -> number of passes."""
-    finish_reasons: Counter[str] = field(default_factory=Counter)
-    busy_seconds: float = 0.0
-    """Wall time spent in passes (forward + sampling)."""
-    prefill_seconds: float = 0.0
-    """The part of ``busy_seconds`` spent in passes that carried a prefill."""
-
-    @property
-    def max_rows(self) -> int:
-        """The largest number of rows a pass decoded together."""
-        return max(self.rows_per_step, default=0)
-
-    @property
-    def mean_rows(self) -> float:
-        """Average number of rows a decode step advanced."""
-        return sum(k * v for k, v in self.rows_per_step.items()) / max(self.decode_steps, 1)
-
-
-@dataclass(eq=False)
-class _Request:
-    """One request's state, owned by the scheduler thread after submission."""
-
-    prompt_ids: list[int]
-    sampling: SamplingParams
-    max_new_tokens: int
-    generator: torch.Generator
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Generation]
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    cached: int = 0
-    """Tokens whose keys/values are in the cache (the prompt, then every output token but the last)."""
-    cancelled: bool = False
-
-
-# ---------------------------------------------------------------------------------------------------
-# prefix reuse
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Source:
-    """Where the longest cached prefix of an arriving prompt lives."""
-
-    cache: StaticKVCache
-    row: int
-    length: int
-    parked: bool
-
-
-def _shared_prefix(a: list[int], b: list[int], limit: int) -> int:
-    """Length of the common prefix of ``a`` and ``b``, at most ``limit``."""
-    limit = min(limit, len(a), len(b))
-    for index in range(limit):
-        if a[index] != b[index]:
-            return index
-    return limit
-
-
-# ---------------------------------------------------------------------------------------------------
-# the engine
-# ---------------------------------------------------------------------------------------------------
 
 
 class HFEngine:
@@ -177,15 +102,15 @@ class HFEngine:
                  prefix_cache_rows: int | None = None, seed: int = 0) -> None:
         from transformers import AutoModelForCausalLM
 
-        if isinstance(dtype, str) and dtype not in _DTYPES:
-            raise ValueError(f"dtype '{dtype}' is not one of {sorted(_DTYPES)}")
-        torch_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+        if isinstance(dtype, str) and dtype not in DTYPES:
+            raise ValueError(f"dtype '{dtype}' is not one of {sorted(DTYPES)}")
+        torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch_dtype).to(self.device).eval()
-        _check_supported(self.model.config)
+        check_supported(self.model.config)
         self.max_model_len, self.max_batch_size = max_model_len, max_batch_size
         self.max_prefill_tokens = max_prefill_tokens
-        self.eos_token_ids = frozenset(eos_token_ids or _eos_ids(self.model))
+        self.eos_token_ids = frozenset(eos_token_ids or eos_ids(self.model))
         self.stats = EngineStats()
         use_onednn = self.device.type == "cpu" and torch_dtype == torch.float32 and torch.backends.mkldnn.is_available()
         self._packed_rows = max_batch_size if use_onednn else None
@@ -197,9 +122,9 @@ class HFEngine:
         self._parked = ParkedRows(store, parked)
         self._seeds = random.Random(seed)
         self._lock = threading.Condition()
-        self._queue: deque[_Request] = deque()
-        self._active: list[_Request] = []
-        self._admitting: list[_Request] = []
+        self._queue: deque[Request] = deque()
+        self._active: list[Request] = []
+        self._admitting: list[Request] = []
         """Requests taken off the queue for the pass being computed (not active yet)."""
         self._in_flight = 0
         self._closing = False
@@ -211,14 +136,14 @@ class HFEngine:
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> Generation:
         """Queue one request and await its result; safe to await from many tasks at once."""
-        _validate(prompt_ids, sampling)
+        validate_request(prompt_ids, sampling)
         budget = min(sampling.max_new_tokens, self.max_model_len - len(prompt_ids))
         if budget <= 0:
             return Generation(token_ids=[], logprobs=[], finish_reason="length")
         loop = asyncio.get_running_loop()
         seed = self._seeds.getrandbits(63) if sampling.seed is None else sampling.seed
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        request = _Request(list(prompt_ids), sampling, budget, generator, loop, loop.create_future())
+        request = Request(list(prompt_ids), sampling, budget, generator, loop, loop.create_future())
         with self._lock:
             if self._closing or self._failure is not None:
                 raise EngineClosedError("the hf engine is closed") from self._failure
@@ -233,13 +158,13 @@ class HFEngine:
 
     def load_weights(self, weights: Mapping[str, torch.Tensor] | Path) -> None:
         """Copy new weights (a state dict, or a folder of ``*.safetensors``) into the model and re-pack."""
-        state = _read_folder(Path(weights)) if isinstance(weights, (str, Path)) else weights
+        state = read_weights_folder(Path(weights)) if isinstance(weights, (str, Path)) else weights
         with self._lock:
             if self._in_flight:
                 raise EngineBusyError(
                     f"load_weights with {self._in_flight} request(s) in flight: await every episode first"
                 )
-            _load_state(self.model, state)
+            load_weights_into(self.model, state)
             with torch.inference_mode():
                 self._decoder = PackedDecoder(self.model, self._packed_rows)
             self._parked.clear()
@@ -277,18 +202,19 @@ class HFEngine:
             raise
         self._finish_all("abort")
 
-    def _next_arrivals(self) -> list[tuple[_Request, _Source | None]] | None:
+    def _next_arrivals(self) -> list[tuple[Request, PrefixSource | None]] | None:
         """Queued requests to admit in the next pass, with their reusable prefixes (sleeping while
         idle); None once closing. Requests not admitted go back to the front of the queue."""
         candidates = self._take_queued()
         if candidates is None:
             return None
-        arrivals: list[tuple[_Request, _Source | None]] = []
+        arrivals: list[tuple[Request, PrefixSource | None]] = []
         new_tokens = 0
         for request in candidates:
             source = self._find_source(request.prompt_ids)
             new = len(request.prompt_ids) - (source.length if source else 0)
-            if arrivals and (new_tokens + new > self.max_prefill_tokens or _waits_for(request, source, arrivals)):
+            if arrivals and (new_tokens + new > self.max_prefill_tokens
+                             or waits_for(request.prompt_ids, source, [other.prompt_ids for other, _ in arrivals])):
                 break
             arrivals.append((request, source))
             new_tokens += new
@@ -297,14 +223,14 @@ class HFEngine:
                 self._queue.extendleft(reversed(candidates[len(arrivals) :]))
         return arrivals
 
-    def _take_queued(self) -> list[_Request] | None:
+    def _take_queued(self) -> list[Request] | None:
         """Pop as many queued requests as there are free slots (waiting while idle); None once closing."""
         with self._lock:
             while not self._queue and not self._active and not self._closing:
                 self._lock.wait()
             if self._closing:
                 return None
-            taken: list[_Request] = []
+            taken: list[Request] = []
             while self._queue and len(self._active) + len(taken) < self.max_batch_size:
                 request = self._queue.popleft()
                 if request.cancelled:
@@ -313,21 +239,12 @@ class HFEngine:
                     taken.append(request)
         return taken
 
-    def _find_source(self, prompt: list[int]) -> _Source | None:
-        """The running or parked row holding the longest prefix of ``prompt`` (leaving one token to run)."""
-        best: _Source | None = None
-        longest = _MIN_REUSED_TOKENS - 1
-        for slot, request in enumerate(self._active):
-            held = request.prompt_ids + request.token_ids
-            shared = _shared_prefix(prompt, held, min(len(prompt) - 1, request.cached))
-            if shared > longest:
-                best, longest = _Source(self._cache, slot, shared, parked=False), shared
-        for row, tokens in enumerate(self._parked.tokens):
-            if tokens is not None and (shared := _shared_prefix(prompt, tokens, len(prompt) - 1)) > longest:
-                best, longest = _Source(self._parked.store, row, shared, parked=True), shared
-        return best
+    def _find_source(self, prompt: list[int]) -> PrefixSource | None:
+        """The running or parked row holding the longest prefix of ``prompt`` (``prefix_reuse``)."""
+        running = [(request.prompt_ids + request.token_ids, request.cached) for request in self._active]
+        return longest_cached_prefix(prompt, running, self._cache, self._parked)
 
-    def _pass(self, arrivals: list[tuple[_Request, _Source | None]]) -> None:
+    def _pass(self, arrivals: list[tuple[Request, PrefixSource | None]]) -> None:
         """One forward for every running row plus the arrivals' prompts, then sampling and retirement."""
         started = time.perf_counter()
         self._admitting = [request for request, _ in arrivals]
@@ -342,9 +259,11 @@ class HFEngine:
         self._active.extend(self._admitting)
         self._admitting = []
         self._append_samples(logits)
-        self._count(running, plan.prefills, time.perf_counter() - started)
+        prefills = plan.prefills
+        self.stats.record_pass(running, len(prefills), sum(p.length for p in prefills),
+                               sum(p.reused for p in prefills), time.perf_counter() - started)
 
-    def _plan(self, arrivals: list[tuple[_Request, _Source | None]]) -> tuple[torch.Tensor, torch.Tensor, Plan]:
+    def _plan(self, arrivals: list[tuple[Request, PrefixSource | None]]) -> tuple[torch.Tensor, torch.Tensor, Plan]:
         """Packed token ids and positions for a pass, and where each part reads and writes the cache;
         copies reused prefixes into the arrivals' slots."""
         running = self._active
@@ -356,7 +275,7 @@ class HFEngine:
         prefills = []
         for slot, (request, source) in enumerate(arrivals, start=len(running)):
             prompt = request.prompt_ids
-            reused = self._reuse(source, slot)
+            reused = copy_prefix(source, self._cache, self._parked, slot)
             mask = None
             if reused:
                 mask = torch.ones(len(prompt) - reused, len(prompt), dtype=torch.bool, device=self.device)
@@ -367,33 +286,6 @@ class HFEngine:
         position_tensor = torch.tensor(positions, device=self.device)
         plan = Plan(len(running), position_tensor[: len(running)], width, prefills)
         return torch.tensor(ids, device=self.device), position_tensor, plan
-
-    def _reuse(self, source: _Source | None, slot: int) -> int:
-        """Copy ``source``'s prefix into ``slot``; returns its length (0 without a source)."""
-        if source is None:
-            return 0
-        self._cache.copy_row(source.cache, source.row, slot, source.length)
-        if source.parked:
-            parked = self._parked.tokens[source.row]
-            if parked is not None and source.length == len(parked):
-                self._parked.release(source.row)
-            else:
-                self._parked.touch(source.row)
-        return source.length
-
-    def _count(self, running: int, prefills: list[Prefill], seconds: float) -> None:
-        """Record one pass in the stats."""
-        stats = self.stats
-        stats.passes += 1
-        stats.busy_seconds += seconds
-        if running:
-            stats.decode_steps += 1
-            stats.rows_per_step[running] += 1
-        if prefills:
-            stats.prefills += len(prefills)
-            stats.prompt_tokens += sum(p.length for p in prefills)
-            stats.reused_prompt_tokens += sum(p.reused for p in prefills)
-            stats.prefill_seconds += seconds
 
     def _append_samples(self, logits: torch.Tensor) -> None:
         """Sample one token per active row, append it and retire the rows that are done."""
@@ -428,7 +320,7 @@ class HFEngine:
             self._active[slot] = last
         self._deliver(request, reason)
 
-    def _deliver(self, request: _Request, reason: FinishReason, error: BaseException | None = None) -> None:
+    def _deliver(self, request: Request, reason: FinishReason, error: BaseException | None = None) -> None:
         """Hand the result (or the scheduler's failure) to the request's event loop."""
         self.stats.finish_reasons[reason] += 1
         with self._lock:
@@ -436,10 +328,11 @@ class HFEngine:
         if request.loop.is_closed():
             return
         if error is not None:
-            request.loop.call_soon_threadsafe(_set_exception, request.future, error)
+            failure = EngineClosedError(f"the hf engine's scheduler failed: {error!r}")
+            request.loop.call_soon_threadsafe(set_exception, request.future, failure)
             return
         result = Generation(token_ids=request.token_ids, logprobs=request.logprobs, finish_reason=reason)
-        request.loop.call_soon_threadsafe(_set_result, request.future, result)
+        request.loop.call_soon_threadsafe(set_result, request.future, result)
 
     def _finish_all(self, reason: FinishReason, error: BaseException | None = None) -> None:
         """End every queued and active request (on close, or with the scheduler's failure)."""
@@ -449,71 +342,3 @@ class HFEngine:
             self._active, self._admitting, self._queue = [], [], deque()
         for request in pending:
             self._deliver(request, reason, error)
-
-
-def _waits_for(request: _Request, source: _Source | None, admitted: list[tuple[_Request, _Source | None]]) -> bool:
-    """Whether ``request`` shares a longer prefix with a prompt admitted in this pass than with any
-    cached row: it then waits one pass and reuses that prompt's keys/values."""
-    reusable = max(source.length if source else 0, _MIN_REUSED_TOKENS - 1)
-    limit = len(request.prompt_ids) - 1
-    return any(_shared_prefix(request.prompt_ids, other.prompt_ids, limit) > reusable for other, _ in admitted)
-
-
-def _set_result(future: asyncio.Future[Generation], result: Generation) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _set_exception(future: asyncio.Future[Generation], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(EngineClosedError(f"the hf engine's scheduler failed: {error!r}"))
-
-
-def _validate(prompt_ids: list[int], sampling: SamplingParams) -> None:
-    """Reject requests the scheduler cannot serve, with a message that says why."""
-    if not prompt_ids:
-        raise ValueError("generate needs a non-empty prompt")
-    if sampling.max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {sampling.max_new_tokens}")
-    if sampling.temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {sampling.temperature}")
-    if not 0 < sampling.top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {sampling.top_p}")
-
-
-def _check_supported(config) -> None:
-    """Only Llama-style decoder layers with full attention are driven here."""
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"the hf engine drives {sorted(SUPPORTED_MODEL_TYPES)} models; '{config.model_type}' is not one of them"
-        )
-    if config.model_type != "llama" and any(kind != "full_attention" for kind in config.layer_types):
-        raise ValueError("the hf engine does not support sliding-window attention layers")
-
-
-def _eos_ids(model) -> list[int]:
-    """EOS ids from the generation config (an int or a list), else the model config."""
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        eos = model.config.eos_token_id
-    return [eos] if isinstance(eos, int) else list(eos)
-
-
-def _read_folder(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of the ``*.safetensors`` files in a checkpoint folder."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {folder}")
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        state.update(load_file(file))
-    return state
-
-
-def _load_state(model, state: Mapping[str, torch.Tensor]) -> None:
-    """Copy ``state`` into the model's parameters in place; every weight must be covered."""
-    missing, unexpected = model.load_state_dict(dict(state), strict=False)
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-    missing = [key for key in missing if key not in tied]
-    if missing or unexpected:
-        raise ValueError(f"weights do not fit the model: missing={missing[:5]} unexpected={unexpected[:5]}")
