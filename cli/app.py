@@ -21,6 +21,7 @@ from rich.console import Console
 
 from reinflow.config import DataConfig, load_config
 from reinflow.config.errors import ConfigError
+from reinflow.data.shards import manifest_path
 from reinflow.errors import ReinflowError, RunInterrupted
 from reinflow.config.models import ModelResolutionError, resolve_model
 from reinflow.run import environment
@@ -102,6 +103,7 @@ def rollout(
     try:
         config = load_config(conf, overrides or [])
         check_experiment(config, Path.cwd(), str(conf))
+        _prepare_data_if_missing(config.data)
         rows = debug_rollout(config, Path.cwd(), task, episodes)
     except ReinflowError as error:
         _fail(str(error))
@@ -196,7 +198,7 @@ def stop(
     names: Annotated[list[str] | None, typer.Argument(help="Which registered processes (default: all).")] = None,
 ) -> None:
     """Stop the background processes reinflow started (e.g. `train --with-logview`), and only those."""
-    from reinflow import pidfiles
+    from reinflow.run import pidfiles
 
     known = {record.name for record in pidfiles.records(Path.cwd())}
     unknown = sorted(set(names or []) - known)
@@ -212,6 +214,14 @@ def stop(
             out.print(f"{how} {record.name} (pid {record.pid}) {where}".rstrip(), highlight=False)
     if not results:
         out.print("nothing to stop", highlight=False)
+
+
+def _prepare_data_if_missing(data: DataConfig) -> None:
+    """Prepare the data as ``reinflow train`` does, where the train split has no shards yet."""
+    if not manifest_path(Path.cwd() / data.path, data.train_split).is_file():
+        from flows.prepare_data import prepare_data as prepare_data_flow
+
+        prepare_data_flow(data, project_root=str(Path.cwd()))
 
 
 def _start_logview(runs_dir: Path) -> None:

@@ -54,3 +54,26 @@ def test_model_fetch_builtin_and_unknown():
     assert bad.returncode == 2
     assert "unknown built-in model 'builtin:nope'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_rollout_prepares_the_data_itself_and_refuses_a_row_the_split_lacks(tmp_path):
+    """`reinflow rollout` on a fresh project: shards are written first (as `train` does), one episode
+    runs and is judged; a `--task` past the split's end is one line naming the split's size."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny.yaml").write_text((ROOT / "tests" / "configs" / "tiny_e2e.yaml").read_text())
+    env_path = {"PYTHONPATH": str(ROOT)}
+    command = [*REINFLOW, "rollout", "--conf", "configs/tiny.yaml", "--task", "3"]
+    result = subprocess.run(command, cwd=tmp_path, env={**os.environ, "COLUMNS": "200", **env_path},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (tmp_path / "data" / "tiny_e2e" / "train" / "manifest.json").is_file()
+    assert "status=" in result.stdout and "final answer=" in result.stdout
+    judged = list(tmp_path.glob("runs/*/debug/task_3/judged.parquet"))
+    assert len(judged) == 1
+
+    command[-1] = "99999999"
+    refused = subprocess.run(command, cwd=tmp_path, env={**os.environ, "COLUMNS": "200", **env_path},
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: --task 99999999: the train split has 40 tasks (rows 0 to 39)")
