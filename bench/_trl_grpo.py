@@ -15,7 +15,7 @@ collate, forward, loss, backward, clip, AdamW step and scheduler step.
 Settings mirror our trainer's: one micro-batch per step (``per_device_train_batch_size`` = the
 batch, no accumulation), ``num_iterations`` 1 (TRL then takes ``old_logp`` from the same forward,
 detached, as ours does), ``beta`` = ``kl_coef`` (0: no reference model), ``epsilon`` =
-``clip_ratio``, the sampling temperature, fp32 (``bf16=False``), fused AdamW with our lr, weight
+``clip_ratio``, ``epsilon_high`` = ``clip_ratio_high``, the sampling temperature, fp32 (``bf16=False``), fused AdamW with our lr, weight
 decay and betas, a constant LR, ``max_grad_norm``. The loss type is the TRL one that aggregates
 like ours (``LOSS_TYPES``): our ``token_mean`` divides the batch's token sum by its trained-token
 count, which is TRL's ``dapo`` (normaliser ``num_items_in_batch``, the trained tokens of the
@@ -147,6 +147,7 @@ def grpo_config(config, samples: list, group_size: int, max_steps: int, output_d
         num_generations=group_size, max_steps=max_steps,
         max_completion_length=max(len(s.token_ids) - prompt_length(s) for s in samples),
         loss_type=LOSS_TYPES[train.loss_aggregation], beta=train.kl_coef, epsilon=train.clip_ratio,
+        epsilon_high=train.clip_ratio_high,  # None: TRL's symmetric clip, as ours
         temperature=config.rollout.temperature or 1.0,
         learning_rate=train.lr, weight_decay=train.weight_decay, max_grad_norm=train.max_grad_norm,
         optim="adamw_torch_fused", lr_scheduler_type="constant", warmup_steps=0,

@@ -22,7 +22,7 @@ from rich.console import Console
 from reinflow.config import DataConfig, load_config
 from reinflow.config.errors import ConfigError
 from reinflow.data.shards import manifest_path
-from reinflow.errors import ReinflowError, RunInterrupted
+from reinflow.errors import ReinflowError, RunInterrupted, one_line
 from reinflow.config.models import ModelResolutionError, resolve_model
 from reinflow.run import environment
 from reinflow.run.preflight import check_data, check_experiment
@@ -137,7 +137,7 @@ def train(
     except ReinflowError as error:
         _fail(str(error))
     except RunInterrupted as error:
-        _fail(f"{_one_line(error)} (what finished is kept: continue with `reinflow train --conf {conf} --resume latest`)")
+        _fail(f"{one_line(error)} (what finished is kept: continue with `reinflow train --conf {conf} --resume latest`)")
     _print_summary(summary)
 
 
@@ -230,11 +230,6 @@ def _start_logview(runs_dir: Path) -> None:
     url, started = ensure_background_logview(Path.cwd(), runs_dir)
     state = "started" if started else "already running"
     out.print(f"logview: {url} ({state}; `reinflow stop` ends it)", highlight=False)
-
-
-def _one_line(error: BaseException) -> str:
-    """The message of ``error`` on one line (Ray and Prefect reports span several)."""
-    return " ".join(str(error).split())
 
 
 def _print_summary(summary: dict) -> None:

@@ -90,6 +90,9 @@ BROKEN = [
     (_set("rollout.concurrency", 2), ["rollout.concurrency (2)", "group_size (4)"]),
     (lambda raw: raw.pop("judge"), ["judge", "required key is missing"]),
     (_set("experiment", "has space"), ["experiment", "pattern"]),
+    (_set("train.clip_ratio_high", 0.1), ["train", "clip_ratio_high (0.1) is below clip_ratio (0.2)", "symmetric"]),
+    (_set("train.clip_ratio_high", 0.0), ["train.clip_ratio_high", "greater than 0"]),
+    (_set("judge.degenerate_repeated_share", 1.5), ["judge.degenerate_repeated_share", "less than or equal to 1"]),
 ]
 
 
@@ -151,7 +154,7 @@ def test_every_field_is_documented():
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
 
-    from reinflow import config as module
+    from reinflow.config import experiment as module
 
     for value in vars(module).values():
         if isinstance(value, type) and issubclass(value, module.Section) and value is not module.Section:
@@ -173,3 +176,15 @@ def test_ray_address_is_unset_by_default_and_takes_cluster_addresses_only():
     for address in ["head-node", "http://head-node:6379", "ray://head-node", "head node:6379"]:
         with pytest.raises(ConfigError, match=r"train\.ray_address: not a Ray cluster address: use 'auto'"):
             load_config(quickstart, [f"train.ray_address={address}"])
+
+
+def test_clip_ratio_high_is_symmetric_by_default_and_takes_dapo_clip_higher():
+    quickstart = ROOT / "configs" / "quickstart.yaml"
+    train = load_config(quickstart).train
+    assert (train.clip_ratio, train.clip_ratio_high) == (0.2, None)
+    assert load_config(quickstart, ["train.clip_ratio_high=0.28"]).train.clip_ratio_high == 0.28
+    assert load_config(quickstart, ["train.clip_ratio_high=0.2"]).train.clip_ratio_high == 0.2  # equal: allowed
+    with pytest.raises(ConfigError, match=r"clip_ratio_high \(0.25\) is below clip_ratio \(0.3\)"):
+        load_config(quickstart, ["train.clip_ratio=0.3", "train.clip_ratio_high=0.25"])
+    with pytest.raises(ConfigError, match=r"train\.clip_ratio_high: .*less than or equal to 10"):
+        load_config(quickstart, ["train.clip_ratio_high=11"])

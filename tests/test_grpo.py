@@ -8,16 +8,7 @@ import random
 import pytest
 import torch
 
-from reinflow.training.grpo import (
-    aggregate,
-    clipped_surrogate_loss,
-    entropy_from_logits,
-    group_advantages,
-    grpo_loss,
-    kl_k3,
-    loss_normalizer,
-    token_log_probs,
-)
+from reinflow.training.grpo import aggregate, clipped_surrogate_loss, group_advantages, grpo_loss, kl_k3
 
 SEEDS = [0, 1, 2, 3, 4]
 AGGREGATIONS = ["token_mean", "sequence_mean"]
@@ -45,18 +36,11 @@ def ref_group_advantages(rewards: list[float], ids: list[int], normalize_std: bo
     return adv, no_signal
 
 
-def ref_log_prob(row: list[float], target: int, temperature: float) -> float:
-    z = [x / temperature for x in row]
-    m = max(z)
-    return z[target] - (m + math.log(sum(math.exp(x - m) for x in z)))
-
-
-def ref_entropy(row: list[float], temperature: float) -> float:
-    z = [x / temperature for x in row]
-    m = max(z)
-    total = sum(math.exp(x - m) for x in z)
-    probs = [math.exp(x - m) / total for x in z]
-    return -sum(p * math.log(p) for p in probs if p > 0)
+def ref_normalizer(mask: list[list[bool]], aggregation: str) -> int:
+    """What the aggregation divides by: trained tokens, or sequences with a trained token."""
+    if aggregation == "token_mean":
+        return sum(1 for row in mask for keep in row if keep)
+    return sum(1 for row in mask if any(row))
 
 
 def ref_aggregate(values: list[list[float]], mask: list[list[bool]], aggregation: str, normalizer=None):
@@ -173,66 +157,6 @@ def test_group_advantages_rejects_mismatched_shapes():
         group_advantages(torch.zeros(3), torch.zeros(4, dtype=torch.long), normalize_std=False)
 
 
-# ----------------------------------------------------------------------------- log-probs, entropy
-
-
-def random_logits(seed: int):
-    g = torch.Generator().manual_seed(seed)
-    rng = random.Random(seed)
-    B, T, V = rng.randint(1, 4), rng.randint(1, 6), rng.randint(2, 13)
-    logits = 3 * torch.randn(B, T, V, generator=g)
-    targets = torch.randint(0, V, (B, T), generator=g)
-    return logits, targets
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("temperature", [1.0, 0.6, 1.7])
-def test_token_log_probs_match_loop_and_log_softmax(seed, temperature):
-    logits, targets = random_logits(seed)
-    before = logits.clone()
-    x = logits.clone().requires_grad_()
-    lp = token_log_probs(x, targets, temperature)
-    assert torch.equal(logits, before)
-    expected = [
-        [ref_log_prob(logits[b, t].tolist(), int(targets[b, t]), temperature) for t in range(logits.shape[1])]
-        for b in range(logits.shape[0])
-    ]
-    torch.testing.assert_close(lp, torch.tensor(expected), atol=1e-5, rtol=1e-5)
-    y = logits.clone().requires_grad_()
-    full = torch.log_softmax(y / temperature, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    torch.testing.assert_close(lp, full)
-    w = torch.randn(lp.shape, generator=torch.Generator().manual_seed(seed))
-    (grad,) = torch.autograd.grad((lp * w).sum(), x)
-    (expected_grad,) = torch.autograd.grad((full * w).sum(), y)
-    torch.testing.assert_close(grad, expected_grad)
-
-
-def test_token_log_probs_never_writes_into_the_callers_logits():
-    logits, targets = random_logits(0)
-    for dtype in (torch.float32, torch.bfloat16):
-        x = logits.to(dtype)
-        before = x.clone()
-        lp = token_log_probs(x, targets, temperature=0.5)
-        assert torch.equal(x, before) and lp.dtype == torch.float32
-
-
-def test_temperature_zero_is_refused():
-    logits, targets = random_logits(0)
-    with pytest.raises(ValueError, match="temperature > 0"):
-        token_log_probs(logits, targets, temperature=0.0)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_entropy_matches_loop(seed, temperature):
-    logits, _ = random_logits(seed)
-    h = entropy_from_logits(logits, temperature)
-    B, T, _ = logits.shape
-    expected = [[ref_entropy(logits[b, t].tolist(), temperature) for t in range(T)] for b in range(B)]
-    torch.testing.assert_close(h, torch.tensor(expected), atol=1e-5, rtol=1e-5)
-    assert (h >= 0).all() and (h <= math.log(logits.shape[-1]) + 1e-5).all()
-
-
 # ----------------------------------------------------------------------------- KL
 
 
@@ -287,7 +211,7 @@ def test_clipped_tokens_get_zero_gradient():
     logp = torch.log(torch.tensor([[1.5, 1.0, 0.5, 1.1], [1.5, 1.0, 0.5, 1.1]])).requires_grad_()
     adv = torch.tensor([1.0, -1.0])
     mask = torch.ones(2, 4, dtype=torch.bool)
-    loss, metrics = clipped_surrogate_loss(logp, old, adv, mask, clip_ratio=0.2)
+    loss, metrics = clipped_surrogate_loss(logp, old, adv, mask, 0.2, None, "token_mean")
     (grad,) = torch.autograd.grad(loss, logp)
     # A > 0: ratio above 1 + eps is clipped (no gradient); below 1 - eps is not (pessimistic bound).
     assert grad[0, 0] == 0 and grad[0, 2] != 0 and grad[0, 1] != 0 and grad[0, 3] != 0
@@ -295,9 +219,44 @@ def test_clipped_tokens_get_zero_gradient():
     assert grad[1, 2] == 0 and grad[1, 0] != 0 and grad[1, 1] != 0 and grad[1, 3] != 0
     assert metrics["clip_fraction"].item() == pytest.approx(2 / 8)
     # Clip-higher widens the upper side only: ratio 1.5 is inside [0.8, 1.6].
-    loss, _ = clipped_surrogate_loss(logp, old, adv, mask, clip_ratio=0.2, clip_ratio_high=0.6)
+    loss, _ = clipped_surrogate_loss(logp, old, adv, mask, 0.2, 0.6, "token_mean")
     (grad,) = torch.autograd.grad(loss, logp)
     assert grad[0, 0] != 0 and grad[1, 2] == 0
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_clip_higher_changes_exactly_the_rewarded_tokens_between_the_two_upper_bounds(seed, aggregation):
+    """DAPO's asymmetric clip, ``[1 - ε_low, 1 + ε_high]`` with ``ε_high > ε_low``, against the loop
+    reference; and against the symmetric clip it changes the gradient of exactly the trained tokens
+    of positive-advantage sequences whose ratio lies in ``(1 + ε_low, 1 + ε_high]``: clipped (zero
+    gradient) by the symmetric range, trained by the asymmetric one. Negative advantages only ever
+    meet the lower bound, which is the same in both."""
+    g = torch.Generator().manual_seed(seed)
+    B, T, lo, hi = 6, 10, 0.1, 0.3
+    old = -2 * torch.rand(B, T, generator=g)
+    logp = old + (0.6 + 0.9 * torch.rand(B, T, generator=g)).log()  # ratios spread over [0.6, 1.5]
+    adv = torch.tensor([1.0, -1.0, 0.7, -0.4, 2.0, 0.0])
+    mask = torch.rand(B, T, generator=g) < 0.8
+    grads, metrics = {}, {}
+    for high in (None, hi):
+        x = logp.clone().requires_grad_()
+        loss, metrics[high] = clipped_surrogate_loss(x, old, adv, mask, lo, high, aggregation)
+        (grads[high],) = torch.autograd.grad(loss, x)
+        y = logp.double().requires_grad_()
+        expected = ref_loss_torch(y, old.double(), adv, mask.tolist(), lo, lo if high is None else high, aggregation)
+        (expected_grad,) = torch.autograd.grad(expected, y)
+        assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+        torch.testing.assert_close(grads[high], expected_grad.float(), atol=1e-6, rtol=1e-5)
+
+    ratio = torch.exp(logp - old)
+    window = mask & (adv > 0).unsqueeze(-1) & (ratio > 1 + lo) & (ratio <= 1 + hi)
+    assert window.any()
+    assert torch.equal(grads[None] != grads[hi], window)
+    assert (grads[None][window] == 0).all() and (grads[hi][window] < 0).all()  # -dL/dlogp = ratio * A > 0
+    raised = mask & (adv > 0).unsqueeze(-1) & (ratio > 1 + lo)  # each term -min(r, cap) A drops
+    assert raised.any() and metrics[hi]["policy_loss"] < metrics[None]["policy_loss"]
+    assert metrics[hi]["clip_fraction"] < metrics[None]["clip_fraction"]
 
 
 def test_masked_garbage_gives_no_nan():
@@ -306,7 +265,9 @@ def test_masked_garbage_gives_no_nan():
     ref = ref.masked_fill(~mask, -float("inf"))
     x = logp.masked_fill(~mask, -float("inf")).requires_grad_()
     for aggregation in AGGREGATIONS:
-        loss, metrics = grpo_loss(x, old, adv, mask, kl_coef=0.1, ref_logp=ref, aggregation=aggregation)
+        loss, metrics = grpo_loss(
+            x, old, adv, mask, clip_ratio=0.2, clip_ratio_high=None, kl_coef=0.1, ref_logp=ref, aggregation=aggregation
+        )
         (grad,) = torch.autograd.grad(loss, x)
         assert torch.isfinite(loss) and torch.isfinite(grad).all() and (grad[~mask] == 0).all()
         assert all(torch.isfinite(v) for v in metrics.values())
@@ -314,14 +275,15 @@ def test_masked_garbage_gives_no_nan():
 
 def test_nothing_trained_gives_zero_loss():
     logp = torch.randn(3, 4, requires_grad=True)
-    loss, _ = clipped_surrogate_loss(logp, torch.zeros(3, 4), torch.ones(3), torch.zeros(3, 4, dtype=torch.bool))
+    nothing = torch.zeros(3, 4, dtype=torch.bool)
+    loss, _ = clipped_surrogate_loss(logp, torch.zeros(3, 4), torch.ones(3), nothing, 0.2, None, "token_mean")
     loss.backward()
     assert loss.item() == 0 and (logp.grad == 0).all()
 
 
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="advantages"):
-        clipped_surrogate_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3), torch.ones(2, 3))
+        clipped_surrogate_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3), torch.ones(2, 3), 0.2, None, "token_mean")
 
 
 # ----------------------------------------------------------------------------- grpo_loss, aggregation
@@ -352,9 +314,10 @@ def test_grpo_loss_matches_loop(seed, aggregation):
 
 def test_grpo_loss_needs_ref_for_kl():
     logp, old, _, adv, mask = random_batch(0)
+    kw = dict(clip_ratio=0.2, clip_ratio_high=None, aggregation="token_mean")
     with pytest.raises(ValueError, match="ref_logp"):
-        grpo_loss(logp, old, adv, mask, kl_coef=0.1)
-    _, metrics = grpo_loss(logp, old, adv, mask)
+        grpo_loss(logp, old, adv, mask, kl_coef=0.1, **kw)
+    _, metrics = grpo_loss(logp, old, adv, mask, kl_coef=0.0, **kw)
     assert "kl" not in metrics and "entropy" not in metrics
 
 
@@ -373,7 +336,7 @@ def test_aggregate_matches_loop(seed, aggregation):
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
 def test_micro_batches_sum_to_the_full_batch(seed, aggregation):
     logp, old, ref, adv, mask = random_batch(seed, max_b=12)
-    kw = dict(clip_ratio=0.2, kl_coef=0.1, ref_logp=ref, aggregation=aggregation)
+    kw = dict(clip_ratio=0.2, clip_ratio_high=None, kl_coef=0.1, ref_logp=ref, aggregation=aggregation)
     x = logp.clone().requires_grad_()
     full_loss, full_metrics = grpo_loss(x, old, adv, mask, **kw)
     full_loss.backward()
@@ -381,8 +344,8 @@ def test_micro_batches_sum_to_the_full_batch(seed, aggregation):
     rng = random.Random(seed)
     cuts = sorted(rng.sample(range(1, logp.shape[0]), k=min(2, logp.shape[0] - 1)))
     bounds = list(zip([0, *cuts], [*cuts, logp.shape[0]]))
-    normalizer = sum(loss_normalizer(mask[a:b], aggregation) for a, b in bounds)
-    assert normalizer == loss_normalizer(mask, aggregation)
+    normalizer = sum(ref_normalizer(mask[a:b].tolist(), aggregation) for a, b in bounds)
+    assert normalizer == ref_normalizer(mask.tolist(), aggregation)
     y = logp.clone().requires_grad_()
     total_loss, total_metrics = 0.0, dict.fromkeys(full_metrics, 0.0)
     for a, b in bounds:
@@ -399,9 +362,13 @@ def test_micro_batches_sum_to_the_full_batch(seed, aggregation):
         assert total_metrics[k] == pytest.approx(v.item(), abs=1e-6), k
 
 
-def test_loss_normalizer_counts():
+def test_aggregate_divides_by_the_batch_own_count_and_refuses_unknown_aggregations():
+    values = torch.tensor([[1.0, 2.0, 7.0], [5.0, 5.0, 5.0], [0.0, 3.0, 0.0]])
     mask = torch.tensor([[1, 1, 0], [0, 0, 0], [0, 1, 0]])
-    assert loss_normalizer(mask, "token_mean") == 3
-    assert loss_normalizer(mask, "sequence_mean") == 2
+    assert aggregate(values, mask, "token_mean").item() == pytest.approx((1 + 2 + 3) / 3)
+    assert aggregate(values, mask, "sequence_mean").item() == pytest.approx((1.5 + 3) / 2)
+    assert aggregate(values, torch.zeros_like(mask), "token_mean").item() == 0
     with pytest.raises(ValueError, match="token_mean"):
-        loss_normalizer(mask, "sum")
+        aggregate(values, mask, "sum")
+    with pytest.raises(ValueError, match="normalizer must be > 0"):
+        aggregate(values, mask, "token_mean", normalizer=0)

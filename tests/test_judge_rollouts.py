@@ -129,6 +129,27 @@ def test_bad_judge_configs_give_one_line_errors():
         load_judge(JudgeConfig(protocol="judges.math_answer->MathAnswerJudge", options={"strict": True}), ROOT)
 
 
+def test_degenerate_thresholds_come_from_the_judge_config(tmp_path):
+    looping = episode("a", 0, "5 5 5 5")
+    looping["samples"] = [{"token_ids": [7, 8, 9] * 10, "loss_mask": [1] * 30, "logprobs": [-0.1] * 30}]
+    rows = [looping, episode("a", 1, "\ufffd\ufffd\ufffd 5")]  # 3 of 5 characters are garbage
+    rollout = write_rollout(tmp_path / "r.parquet", rows)
+    judge = load_judge(JudgeConfig(protocol="judges.math_answer->MathAnswerJudge"), ROOT)
+
+    def degenerate(**thresholds) -> list[bool]:
+        config = JudgeConfig(protocol="judges.math_answer->MathAnswerJudge", degenerate_penalty=0.5, **thresholds)
+        judge_rollout_file(rollout, tmp_path / "j.parquet", judge, config)
+        judged = pq.read_table(tmp_path / "j.parquet").to_pylist()
+        assert [r["degenerate_penalty"] for r in judged] == [0.5 if r["degenerate"] else 0.0 for r in judged]
+        return [r["degenerate"] for r in judged]
+
+    assert degenerate() == [False, True]  # 30 tokens: too short to call repetitive by default (64)
+    assert degenerate(degenerate_min_tokens=30) == [True, True]
+    assert degenerate(degenerate_min_tokens=30, degenerate_repeated_share=0.95) == [False, True]  # 24/27 repeat
+    assert degenerate(degenerate_min_tokens=30, degenerate_ngram=28) == [False, True]  # 3 distinct 28-grams of 3
+    assert degenerate(degenerate_garbage_share=0.6) == [False, False]
+
+
 def test_metrics_of_an_empty_or_all_failed_file():
     metrics = judge_metrics([])
     assert metrics["episodes"] == 0 and math.isnan(metrics["reward_mean"])

@@ -19,6 +19,7 @@ from reinflow.engines.base import SamplingParams
 from reinflow.engines.hf import HFEngine
 from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
 from reinflow.training.head_log_probs import head_log_probs
+from reinflow.training.padded_batch import collate
 from reinflow.training.policy import PolicyTrainer
 from reinflow.training.train_batch import TrainSample, batch_normalizer
 
@@ -66,7 +67,7 @@ def test_logp_uses_the_shifted_targets_and_ignores_padding(folder):
     ids = [1, 30, 31, 32, 33, 34]
     short = TrainSample(ids, [0, 0, 0, 1, 0, 1], [0.0] * 6, 1.0, "a")
     long = TrainSample(list(range(1, 15)), [0] * 7 + [1] * 7, [0.0] * 14, 1.0, "b")
-    mb = trainer._collate([long, short])  # ``short`` is right-padded
+    mb = collate([long, short], trainer.device)  # ``short`` is right-padded
     logp, entropy = (t.cpu() for t in trainer._logp(trainer.model, mb, with_entropy=True))
     with torch.no_grad():
         full = torch.log_softmax(trainer.model(torch.tensor([ids], device=trainer.device)).logits[0] / 0.7, -1).cpu()
@@ -79,13 +80,18 @@ def test_logp_uses_the_shifted_targets_and_ignores_padding(folder):
 
 
 def surrogate_loss(trainer: PolicyTrainer, samples: list[TrainSample], old: list[torch.Tensor] | None) -> tuple:
-    """The batch's GRPO loss under the trainer's current weights against fixed ``old`` log-probs
-    (None: the current ones, i.e. before any update); returns ``(loss, logps)``."""
-    batches = [trainer._collate(samples)]
+    """The batch's GRPO loss without KL term (the clipped surrogate, at the trainer's clip range and
+    aggregation) under the trainer's current weights against fixed ``old`` log-probs (None: the
+    current ones, i.e. before any update); returns ``(loss, logps)``."""
+    batches = [collate(samples, trainer.device)]
     with torch.no_grad():
         logps = [trainer._logp(trainer.model, mb, with_entropy=False)[0] for mb in batches]
         old = old or logps
-        losses = [grpo.grpo_loss(lp, o, mb.advantages, mb.loss_mask)[0] for lp, o, mb in zip(logps, old, batches)]
+        train = trainer.train
+        losses = [grpo.grpo_loss(lp, o, mb.advantages, mb.loss_mask, clip_ratio=train.clip_ratio,
+                                 clip_ratio_high=train.clip_ratio_high, kl_coef=0.0,
+                                 aggregation=train.loss_aggregation)[0]
+                  for lp, o, mb in zip(logps, old, batches)]
     return sum(float(x) for x in losses), logps
 
 
@@ -93,7 +99,7 @@ def surrogate_loss(trainer: PolicyTrainer, samples: list[TrainSample], old: list
 @pytest.mark.parametrize("saved_bytes", [1 << 30, 0], ids=["probabilities-kept", "logits-recomputed"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_chunked_head_log_probs_equal_the_plain_computation(temperature, saved_bytes, packed):
-    """Values, entropy and both gradients against ``grpo``'s functions on full logits; N = 300
+    """Values, entropy and both gradients against plain ``log_softmax`` over full logits; N = 300
     rows spans three chunks (the last one partial); with the probabilities kept for the backward
     pass and with the logits recomputed there; with the logit GEMMs on a oneDNN-packed weight."""
     if packed and not torch.backends.mkldnn.is_available():
@@ -109,10 +115,10 @@ def test_chunked_head_log_probs_equal_the_plain_computation(temperature, saved_b
     (logp * upstream).sum().backward()
     fused = (logp.detach(), entropy, hidden.grad.clone(), weight.grad.clone())
     hidden.grad = weight.grad = None
-    logits = (hidden @ weight.T)[None]
-    plain_logp = grpo.token_log_probs(logits, targets[None], temperature)[0]
+    log_probs = torch.log_softmax((hidden @ weight.T) / temperature, dim=-1)  # [N, V]
+    plain_logp = log_probs.gather(-1, targets[:, None])[:, 0]
     (plain_logp * upstream).sum().backward()
-    plain_entropy = grpo.entropy_from_logits(logits.detach(), temperature)[0]
+    plain_entropy = -(log_probs.exp() * log_probs).sum(-1).detach()
     for got, want in zip(fused, (plain_logp.detach(), plain_entropy, hidden.grad, weight.grad)):
         torch.testing.assert_close(got, want, atol=5e-5, rtol=1e-4)  # logits ~±16: matmul blocking differs
     assert head_log_probs(hidden, weight, targets, temperature, with_entropy=False)[1].numel() == 0

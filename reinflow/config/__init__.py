@@ -2,6 +2,7 @@
 
 The config models are importable from here (``from reinflow.config import ExperimentConfig``);
 they live in :mod:`reinflow.config.experiment`, the one place every default of reinflow is set.
+:func:`load_config` (:mod:`reinflow.config.loading`) reads an experiment YAML into them.
 """
 
 from reinflow.config.experiment import (
@@ -18,11 +19,12 @@ from reinflow.config.experiment import (
     Section,
     TrackingConfig,
     TrainConfig,
-    load_config,
 )
+from reinflow.config.loading import load_config
+from reinflow.config.warmup import WarmupConfig
 
 __all__ = [
     "DataConfig", "ExperimentConfig", "FullTuning", "HubSource", "JudgeConfig", "LocalSource",
     "LoraTuning", "ModelConfig", "ReasoningGymSource", "RolloutConfig", "Section", "TrackingConfig",
-    "TrainConfig", "load_config",
+    "TrainConfig", "WarmupConfig", "load_config",
 ]

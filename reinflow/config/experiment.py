@@ -2,8 +2,9 @@
 
 Every default of reinflow lives here and nowhere else. Every field is bounded and documented;
 unknown keys are errors (``extra="forbid"``); cross-field checks say how to fix the problem.
-Loading a file with a mistake raises :class:`ConfigError`, whose message names the file, the key
-path and the nearest valid key (see ``reinflow.config.errors``).
+Reading a file (:func:`reinflow.config.loading.load_config`) with a mistake raises
+:class:`ConfigError`, whose message names the file, the key path and the nearest valid key (see
+``reinflow.config.errors``).
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from reinflow.config.errors import ConfigError, format_validation_error
-from reinflow.config.overrides import apply_overrides
+from reinflow.config.warmup import WarmupConfig
 
 
 class Section(BaseModel):
@@ -206,6 +205,16 @@ class JudgeConfig(Section):
     timeout_seconds: float = Field(60.0, gt=0, le=3600, description="A judge call slower than this is a judge error.")
     format_penalty: float = Field(0.0, ge=0.0, le=10.0, description="Subtracted per malformed tool call (shown apart from correctness).")
     degenerate_penalty: float = Field(0.0, ge=0.0, le=10.0, description="Subtracted when the output is garbage or repeats itself.")
+    degenerate_garbage_share: float = Field(
+        0.2, ge=0.0, le=1.0, description="An output is degenerate (garbage) when more than this share of its characters "
+        "is unreadable: invalid UTF-8, control or unassigned code points.",
+    )
+    degenerate_repeated_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="An output of at least `degenerate_min_tokens` tokens is degenerate "
+        "(repeating itself) when more than this share of its token `degenerate_ngram`-grams occurred earlier in it.",
+    )
+    degenerate_min_tokens: int = Field(64, ge=1, le=1_048_576, description="Shorter outputs are never called repetitive.")
+    degenerate_ngram: int = Field(4, ge=1, le=64, description="Length of the token n-grams counted for repetition.")
     max_response_tokens: int | None = Field(
         None, ge=1, description="Episodes generating more tokens than this get no reward (None: no cap)."
     )
@@ -256,6 +265,10 @@ class TrainConfig(Section):
     lr: float = Field(1e-6, gt=0, le=1.0, description="AdamW learning rate.")
     warmup_iterations: int = Field(0, ge=0, description="Linear learning-rate warm-up length (0: constant).")
     clip_ratio: float = Field(0.2, gt=0, le=10.0, description="PPO clip epsilon on the importance ratio.")
+    clip_ratio_high: float | None = Field(
+        None, gt=0, le=10.0, description="DAPO's clip-higher: the ratio is clipped to [1 - clip_ratio, 1 + clip_ratio_high], "
+        "so rewarded unlikely tokens may gain more per update (DAPO uses 0.28 with 0.2); at least clip_ratio. None: symmetric.",
+    )
     kl_coef: float = Field(0.0, ge=0.0, le=100.0, description="Weight of the k3 KL penalty to the reference policy (0: none, no reference kept).")
     normalize_advantage_std: bool = Field(
         False, description="Divide group-centred rewards by the group std (GRPO) or not (Dr. GRPO)."
@@ -276,6 +289,17 @@ class TrainConfig(Section):
         "`host:port` (the head node) or `ray://host:port` (Ray Client); unset: $RAY_ADDRESS, else a private, "
         "quiet local Ray.",
     )
+    ray_start_timeout_seconds: float = Field(
+        600.0, gt=0, le=86_400,
+        description="How long Ray may take to grant the resources of the policy workers (`backbone: ray`) or of the "
+        "engine replicas (`rollout.engine_replicas` > 1) and to start them, model loading included; past it the run "
+        "fails with the cluster's resources in the message.",
+    )
+    ray_collective_timeout_seconds: float = Field(
+        1800.0, gt=0, le=86_400,
+        description="How long a policy worker waits for the other ranks in a gradient all-reduce (torch.distributed's "
+        "process-group timeout). A slow rank's compute counts, so keep it generous; a dead rank is detected at once.",
+    )
     checkpoint_interval: int = Field(1, ge=1, description="Write a checkpoint every this many iterations.")
     keep_checkpoints: int = Field(3, ge=1, le=1000, description="Most recent checkpoints kept on disk.")
     eval_interval: int = Field(5, ge=1, description="Evaluate every this many iterations (and at iteration 0).")
@@ -292,6 +316,15 @@ class TrainConfig(Section):
             "'host:port' (the head node) or 'ray://host:port' (Ray Client)"
         )
 
+    @model_validator(mode="after")
+    def _clip_higher_widens(self) -> TrainConfig:
+        if self.clip_ratio_high is not None and self.clip_ratio_high < self.clip_ratio:
+            raise ValueError(
+                f"clip_ratio_high ({self.clip_ratio_high}) is below clip_ratio ({self.clip_ratio}): clip-higher only widens "
+                "the upper side of the clip range; raise it to at least clip_ratio, or remove it for the symmetric range"
+            )
+        return self
+
 
 class TrackingConfig(Section):
     """MLflow tracking."""
@@ -299,6 +332,7 @@ class TrackingConfig(Section):
     mlflow_uri: str = Field("sqlite:///runs/mlflow.db", description="MLflow tracking URI (SQLite under runs/ by default).")
     experiment: str | None = Field(None, description="MLflow experiment name (default: the config's `experiment`).")
     run_dir: Path = Field(Path("runs"), description="Folder for rollouts, judged files and checkpoints of each run.")
+    trajectories_per_iteration: int = Field(8, ge=1, le=100_000, description="Episodes per iteration kept in trajectories/iter_N.jsonl.")
 
 
 class ExperimentConfig(Section):
@@ -315,6 +349,9 @@ class ExperimentConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="The policy model and how it is tuned.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="The GRPO update, workers and checkpoints.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking and run folders.")
+    warmup: WarmupConfig = Field(
+        default_factory=WarmupConfig, description="Warm start: supervised fine-tuning on demonstrations before iteration 1."
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
@@ -354,33 +391,3 @@ class ExperimentConfig(Section):
         payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
-
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Read an experiment YAML, apply dotted ``key=value`` overrides and validate it.
-
-    Raises ConfigError (one readable message, no traceback needed) on any problem.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(error)}") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not valid UTF-8 text: {error}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides, source=str(path))
-    try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(format_validation_error(error, ExperimentConfig, source=str(path))) from None
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """A YAML error in one line: what is wrong and where (PyYAML's own text spans several lines)."""
-    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
-        mark = error.problem_mark
-        return f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
-    return " ".join(str(error).split())

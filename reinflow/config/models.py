@@ -26,7 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from reinflow.errors import ReinflowError
+from reinflow.errors import ReinflowError, one_line
 
 SMOLLM2 = "builtin:smollm2-135m-instruct"
 TINY_RANDOM_LLAMA = "builtin:tiny-random-llama"
@@ -174,6 +174,6 @@ def _download_from_hub(repo_id: str) -> Path:
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
         raise ModelResolutionError(
             f"model '{repo_id}' is not a local folder and could not be downloaded from the Hugging Face hub "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+            f"({type(error).__name__}: {one_line(error)[:200]})"
         ) from None
     return Path(folder)

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reinflow.config import DataConfig, HubSource, LocalSource, ReasoningGymSource
-from reinflow.errors import ReinflowError
+from reinflow.errors import ReinflowError, one_line
 
 Source = HubSource | LocalSource | ReasoningGymSource
 RAW_FILE_NAME = "raw.jsonl"
@@ -221,7 +221,7 @@ def _parquet_rows(path: Path) -> Iterator[RawRow]:
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as error:
-        raise DataSourceError(f"cannot read Parquet file {path}: {_first_line(error)}") from None
+        raise DataSourceError(f"cannot read Parquet file {path}: {one_line(error)}") from None
     return _rows_from_dicts(row for batch in parquet.iter_batches() for row in batch.to_pylist())
 
 
@@ -240,15 +240,9 @@ def _hub_rows(source: HubSource, split: str) -> Iterator[dict[str, Any]]:
     except (ConnectionError, FileNotFoundError, ValueError) as error:
         raise DataSourceError(
             f"hub dataset '{source.name}' (subset {source.subset!r}, split '{split}') cannot be loaded: "
-            f"{_first_line(error)}"
+            f"{one_line(error)}"
         ) from None
     return iter(dataset)
-
-
-def _first_line(error: Exception) -> str:
-    """The first line of an exception's message, or its type name where it has none."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _reasoning_gym_rows(source: ReasoningGymSource, split: str) -> Iterator[dict[str, Any]]:
@@ -271,7 +265,7 @@ def _reasoning_gym_rows(source: ReasoningGymSource, split: str) -> Iterator[dict
             source.name, size=source.sizes[split], seed=split_seed(source.seed, split), **source.options
         )
     except (AssertionError, ValueError) as error:
-        raise DataSourceError(f"reasoning-gym dataset '{source.name}' rejects its options: {error}") from None
+        raise DataSourceError(f"reasoning-gym dataset '{source.name}' rejects its options: {one_line(error)}") from None
     return iter(dataset)
 
 

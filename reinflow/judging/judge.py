@@ -30,11 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from reinflow.config import JudgeConfig
-from reinflow.errors import ReinflowError
-from reinflow.config.plugins import PluginError, import_class
+from reinflow.config.plugins import construct_plugin
 
 
 class Judge(ABC):
@@ -143,10 +140,8 @@ async def judge_all(
 
 
 def load_judge(config: JudgeConfig, project_root: Path) -> Any:
-    """Import and construct the configured judge; problems become one-line PluginErrors."""
-    cls = import_class(config.protocol, project_root, "judge", ("compute_reward",))
-    try:
-        return cls(**config.options)
-    except (TypeError, ValidationError, ReinflowError) as error:
-        first = str(error).splitlines()[0]
-        raise PluginError(f"judge '{config.protocol}': bad judge.options: {first}") from None
+    """Import and construct the configured judge; problems become one-line PluginErrors.
+
+    A judge need not subclass :class:`Judge`: any class with ``compute_reward`` will do."""
+    return construct_plugin(config.protocol, config.options, project_root, role="judge",
+                            required_methods=("compute_reward",), base=None, options_key="judge.options")

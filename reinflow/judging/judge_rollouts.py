@@ -74,7 +74,9 @@ def _judge_columns(row: dict[str, Any], verdict: Verdict | None, config: JudgeCo
     if verdict.judge_error is not None:
         return _excluded(judge_error=verdict.judge_error, seconds=verdict.judge_seconds)
     text, ids = _generated(row)
-    degenerate = is_degenerate(text, ids)
+    degenerate = is_degenerate(text, ids, ngram=config.degenerate_ngram, min_tokens=config.degenerate_min_tokens,
+                               max_repeated_share=config.degenerate_repeated_share,
+                               max_garbage_share=config.degenerate_garbage_share)
     shaped = shape_reward(
         verdict.raw_reward,
         format_errors=row["format_errors"],

@@ -8,11 +8,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
-MIN_TOKENS_FOR_REPETITION = 64
-"""Shorter outputs are never called repetitive: short answers legitimately repeat words."""
-
-
-def repeated_ngram_share(token_ids: list[int], n: int = 4) -> float:
+def repeated_ngram_share(token_ids: list[int], n: int) -> float:
     """Share of the n-grams in ``token_ids`` that already occurred earlier in it.
 
     >>> repeated_ngram_share([1, 2, 3, 4, 5, 6, 7, 8], n=2)
@@ -46,17 +42,31 @@ def _is_unreadable(ch: str) -> bool:
     return (category == "Cc" and ch not in "\n\r\t") or category in ("Cn", "Co", "Cs")
 
 
-def is_degenerate(text: str, token_ids: list[int], max_repeated_share: float = 0.5, max_garbage_share: float = 0.2) -> bool:
-    """True when the output is mostly garbage characters or, being long, mostly repeated 4-grams.
+def is_degenerate(
+    text: str,
+    token_ids: list[int],
+    *,
+    ngram: int,
+    min_tokens: int,
+    max_repeated_share: float,
+    max_garbage_share: float,
+) -> bool:
+    """True when more than ``max_garbage_share`` of ``text`` is garbage characters or, being at
+    least ``min_tokens`` long, more than ``max_repeated_share`` of its token ``ngram``-grams repeat
+    an earlier one (short outputs are never called repetitive: short answers repeat words). The
+    thresholds are ``judge.degenerate_*`` of the config.
 
-    >>> is_degenerate("The answer is 42.", [1, 2, 3])
+    >>> limits = dict(ngram=4, min_tokens=64, max_repeated_share=0.5, max_garbage_share=0.2)
+    >>> is_degenerate("The answer is 42.", [1, 2, 3], **limits)
     False
-    >>> is_degenerate("ha" * 100, [7, 8] * 100)
+    >>> is_degenerate("ha" * 100, [7, 8] * 100, **limits)
     True
+    >>> is_degenerate("ha" * 10, [7, 8] * 10, **limits)  # repetitive, but too short to tell
+    False
     """
     if garbage_share(text) > max_garbage_share:
         return True
-    return len(token_ids) >= MIN_TOKENS_FOR_REPETITION and repeated_ngram_share(token_ids) > max_repeated_share
+    return len(token_ids) >= min_tokens and repeated_ngram_share(token_ids, ngram) > max_repeated_share
 
 
 @dataclass(frozen=True)

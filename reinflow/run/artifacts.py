@@ -15,9 +15,6 @@ from reinflow.tracking.plots import CURVES, reward_curve_png
 from reinflow.tracking.mlflow_run import log_artifact, tracking_uri
 from reinflow.run.session import TrainingSession
 
-TRAJECTORIES_PER_ITERATION = 8
-
-
 def log_config(session: TrainingSession) -> None:
     """The validated config (defaults filled in) as ``config/experiment.yaml``."""
     path = session.run_dir / "experiment.yaml"
@@ -27,7 +24,7 @@ def log_config(session: TrainingSession) -> None:
 
 def log_trajectory_sample(session: TrainingSession, iteration: int, judged_path: Path) -> None:
     """The first few judged episodes of the iteration as JSON lines (token lists left out)."""
-    table = pq.read_table(judged_path).slice(0, TRAJECTORIES_PER_ITERATION).drop(["samples"])
+    table = pq.read_table(judged_path).slice(0, session.config.tracking.trajectories_per_iteration).drop(["samples"])
     path = session.run_dir / "trajectories" / f"iter_{iteration}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row, default=str) + "\n" for row in table.to_pylist()))
@@ -50,4 +47,5 @@ def log_final_policy(session: TrainingSession) -> str:
     folder = save_policy_folder(
         session.policy.engine_weights(), resolve_model(session.config.model.path), session.run_dir / "final_policy"
     )
-    return log_policy(tracking_uri(session.config, session.project_root), session.info.mlflow_run_id, folder)
+    return log_policy(tracking_uri(session.config, session.project_root), session.info.mlflow_run_id, folder,
+                      session.config.rollout.max_new_tokens_per_turn)

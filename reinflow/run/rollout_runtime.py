@@ -11,13 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from reinflow.config import ExperimentConfig
 from reinflow.engines.base import Engine
 from reinflow.engines.factory import create_engine
 from reinflow.config.models import resolve_model
-from reinflow.config.plugins import PluginError, import_class
+from reinflow.config.plugins import construct_plugin
 from reinflow.rollout.runner import ModelFactory, plan_episodes, run_rollout
 from reinflow.data.task_cursor import next_tasks
 from reinflow.rollout.tuned_model import TunedModel
@@ -70,15 +68,9 @@ def engine_for(config: ExperimentConfig, model_folder: Path) -> Engine:
 
 def load_workflow(config: ExperimentConfig, project_root: Path) -> Workflow:
     """Import and construct the configured workflow; problems become one-line PluginErrors."""
-    name = config.rollout.workflow
-    cls = import_class(name, project_root, "workflow", ("run",))
-    if not issubclass(cls, Workflow):
-        raise PluginError(f"workflow '{name}': {cls.__name__} must subclass reinflow.Workflow")
-    try:
-        return cls(**config.rollout.workflow_options)
-    except (TypeError, ValidationError) as error:
-        first = str(error).splitlines()[0]
-        raise PluginError(f"workflow '{name}': bad rollout.workflow_options: {first}") from None
+    rollout = config.rollout
+    return construct_plugin(rollout.workflow, rollout.workflow_options, project_root, role="workflow",
+                            required_methods=("run",), base=Workflow, options_key="rollout.workflow_options")
 
 
 def roll_out(

@@ -11,17 +11,19 @@ import json
 import math
 import subprocess
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 
-from reinflow import __version__
 from reinflow.config import ExperimentConfig
 
 SENTINEL = "iteration"
+"""The metric logged with every iteration's batch: the steps it has are the iterations logged."""
 MAX_PARAM_CHARS = 6000
+"""The longest param value MLflow accepts (its ``MAX_PARAM_VAL_LENGTH``); longer values are cut."""
 
 
 def client_for(config: ExperimentConfig, project_root: Path) -> MlflowClient:
@@ -54,7 +56,7 @@ def start_run(client: MlflowClient, config: ExperimentConfig, run_name: str, pro
         "mlflow.runName": run_name,
         "reinflow.backbone": config.backbone,
         "reinflow.model": config.model.path,
-        "reinflow.version": __version__,
+        "reinflow.version": version("reinflow"),
         "reinflow.config_fingerprint": config.fingerprint(),
         "mlflow.source.git.commit": git_commit(project_root),
     }
@@ -127,9 +129,3 @@ def log_artifact(client: MlflowClient, run_id: str, path: Path, artifact_dir: st
 def finish_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
     """Mark the run finished (or FAILED / KILLED)."""
     client.set_terminated(run_id, status=status)
-
-
-def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
-    """Add tags to a run."""
-    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
-

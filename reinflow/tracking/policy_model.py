@@ -1,7 +1,8 @@
 """The final policy as an MLflow model that loads back and generates.
 
 ``mlflow.pyfunc.load_model("runs:/<run id>/policy").predict(["What is 2+3?"])`` returns one
-greedy completion per prompt (chat template applied). The weights are a plain transformers folder
+greedy completion per prompt (chat template applied), at most ``rollout.max_new_tokens_per_turn``
+tokens long: what the policy was trained to answer in. The weights are a plain transformers folder
 (LoRA merged), so ``AutoModelForCausalLM.from_pretrained`` on the artifact works too.
 """
 
@@ -16,11 +17,15 @@ import pandas as pd
 import torch
 
 POLICY_ARTIFACT = "policy"
-MAX_NEW_TOKENS = 128
+"""The artifact path of the policy model in its MLflow run (``runs:/<run id>/policy``)."""
 
 
 class PolicyModel(mlflow.pyfunc.PythonModel):
-    """Greedy chat completions from the saved policy folder."""
+    """Greedy chat completions from the saved policy folder, ``max_new_tokens`` at most (pickled
+    with the model when it is logged)."""
+
+    def __init__(self, max_new_tokens: int) -> None:
+        self.max_new_tokens = max_new_tokens
 
     def load_context(self, context: Any) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -38,7 +43,7 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
             [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         with torch.inference_mode():
-            out = self.model.generate(**ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+            out = self.model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=False)
         return self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
@@ -55,11 +60,13 @@ def save_policy_folder(weights: dict[str, torch.Tensor], base_folder: Path, outp
     return output
 
 
-def log_policy(tracking_uri: str, run_id: str, policy_folder: Path) -> str:
-    """Log the folder as the run's ``policy`` pyfunc model; returns its model URI."""
+def log_policy(tracking_uri: str, run_id: str, policy_folder: Path, max_new_tokens: int) -> str:
+    """Log the folder as the run's ``policy`` pyfunc model generating at most ``max_new_tokens``
+    (``rollout.max_new_tokens_per_turn``) per prompt; returns its model URI."""
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         mlflow.pyfunc.log_model(
-            name=POLICY_ARTIFACT, python_model=PolicyModel(), artifacts={POLICY_ARTIFACT: str(policy_folder)}
+            name=POLICY_ARTIFACT, python_model=PolicyModel(max_new_tokens),
+            artifacts={POLICY_ARTIFACT: str(policy_folder)},
         )
     return f"runs:/{run_id}/{POLICY_ARTIFACT}"

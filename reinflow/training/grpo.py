@@ -1,8 +1,9 @@
-"""GRPO maths as pure torch functions: advantages, token log-probs, the clipped loss, the KL.
+"""GRPO maths as pure torch functions: advantages, the clipped loss, the KL, the aggregation.
 
 No model, no optimiser, no Prefect or Ray: every function takes tensors and returns tensors, and
 ``tests/test_grpo.py`` checks each one against a slow loop version. Shapes in docstrings use
-``B`` = sequences in the (micro-)batch, ``T`` = token positions, ``V`` = vocabulary size.
+``B`` = sequences in the (micro-)batch, ``T`` = token positions. The log-probs and entropies they
+take come from ``reinflow.training.head_log_probs`` (at the rollout's sampling temperature).
 
 The objective of the GRPO paper (Shao et al. 2024, DeepSeekMath, eq. 3, outcome supervision)::
 
@@ -21,8 +22,11 @@ Where reinflow departs from it (each default lives in ``reinflow.config.TrainCon
    bias). ``"token_mean"`` divides the sum over every trained token of the batch by one number,
    the batch's trained-token count, as DAPO (Yu et al. 2025) does; within a batch this is Dr. GRPO's
    "divide by a constant", up to the per-batch scale.
-3. **Asymmetric clipping is available** (``clip_ratio_high``): DAPO's clip-higher, the range
-   ``[1-ε_low, 1+ε_high]``; ``None`` keeps the paper's symmetric ``ε``.
+3. **Asymmetric clipping is available** (``train.clip_ratio_high``): DAPO's clip-higher, the range
+   ``[1-ε_low, 1+ε_high]`` with ``ε_high >= ε_low``, so a token the old policy found unlikely can
+   gain more probability per update when its episode was rewarded (DAPO: against entropy
+   collapse); ``None`` keeps the paper's symmetric ``ε``. With ``A > 0`` only the upper bound
+   can clip, with ``A < 0`` only the lower one, so ``ε_high`` acts on rewarded sequences only.
 4. **The KL term is optional** (``kl_coef=0`` disables it, as DAPO, Dr. GRPO and nanochat do). When
    on, it is the paper's k3 estimator, added to the *loss* (not to the reward) and aggregated
    exactly like the policy term.
@@ -35,9 +39,10 @@ Where reinflow departs from it (each default lives in ``reinflow.config.TrainCon
 7. **Training-token masks**: only tokens the policy generated carry loss (agent episodes interleave
    prompts, tool outputs and several generated turns), so every sum runs over ``loss_mask``.
 
-Gradient accumulation: pass ``normalizer=loss_normalizer(full_batch_mask, aggregation)`` (summed over
-micro-batches, and over workers) to every micro-batch, and the sum of the micro-batch losses is
-the full-batch loss, gradients included. Metrics are aggregated the same way, so they sum too.
+Gradient accumulation: pass as ``normalizer`` what ``aggregate`` divides by for the *whole* batch
+(its trained tokens, or its sequences with a trained token: ``train_batch.batch_normalizer``,
+summed over workers) to every micro-batch, and the sum of the micro-batch losses is the
+full-batch loss, gradients included. Metrics are aggregated the same way, so they sum too.
 """
 
 from __future__ import annotations
@@ -106,85 +111,7 @@ def group_advantages(
     return advantages.to(rewards.dtype), int(no_signal.sum())
 
 
-# ----------------------------------------------------------------------------- log-probs, entropy
-
-
-def _scaled_fp32(logits: Tensor, temperature: float) -> Tensor:
-    """``logits / temperature`` in fp32, making at most one new ``[B, T, V]`` tensor."""
-    if temperature <= 0:
-        raise ValueError(
-            f"temperature must be > 0 to score tokens, got {temperature}; greedy decoding (0) has no "
-            "sampling distribution to train on: sample with temperature > 0"
-        )
-    scaled = logits.float()  # no copy when already fp32
-    if temperature == 1.0:
-        return scaled
-    # In place only on our own upcast copy, never on the caller's tensor.
-    return scaled / temperature if scaled is logits else scaled.div_(temperature)
-
-
-def token_log_probs(logits: Tensor, target_ids: Tensor, temperature: float = 1.0) -> Tensor:
-    """Log-probability of each target token under ``softmax(logits / temperature)``.
-
-    Args:
-        logits: ``[B, T, V]``, any float dtype; ``logits[b, t]`` predicts ``target_ids[b, t]``
-            (the caller shifts: logits of positions ``0..L-2`` score ids ``1..L-1``).
-        target_ids: ``[B, T]`` long, valid vocabulary ids everywhere (put the pad id, not -100, at
-            masked positions; their value is ignored later by ``loss_mask``).
-        temperature: the *sampling* temperature of the rollout.
-
-    Returns:
-        ``[B, T]`` fp32 log-probs, ``z[target] - logsumexp(z)`` with ``z = logits / temperature``.
-
-    Why the sampling temperature: the rollout's ``old_logp`` are log-probs of the distribution the
-    tokens were actually drawn from, ``softmax(z / τ)``. The importance ratio
-    ``π_θ / π_old`` and the policy gradient are only right if the trainer scores the same
-    distribution; scoring at ``τ = 1`` a rollout sampled at ``τ = 0.7`` makes the ratio differ from
-    1 before any update, so clipping fires on stale numbers and the gradient is that of a policy
-    nobody samples from. (``top_p < 1`` truncation is ignored, as in TRL and verl.)
-
-    Memory: never materialises ``log_softmax`` (``[B, T, V]``). At most one fp32 copy of the
-    logits is made (for the temperature / upcast; none for fp32 at ``τ = 1``), the target logit is
-    gathered, and ``logsumexp`` runs one sequence at a time so its temporaries are ``[T, V]``
-    (verl's ``logprobs_from_logits_v2`` does the same). Differentiable.
-    """
-    scaled = _scaled_fp32(logits, temperature)
-    target_logits = scaled.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)  # [B, T]
-    logsumexp = torch.stack([torch.logsumexp(row, dim=-1) for row in scaled])  # [B, T]
-    return target_logits - logsumexp
-
-
-def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """Entropy ``H = logsumexp(z) - Σ_v softmax(z)_v z_v`` of ``softmax(logits / temperature)``.
-
-    Args:
-        logits: ``[B, T, V]``. temperature: the sampling temperature (see ``token_log_probs``).
-
-    Returns:
-        ``[B, T]`` fp32 entropies in nats. A metric: call it under ``torch.no_grad()`` unless an
-        entropy bonus is wanted. One sequence at a time, so temporaries are ``[T, V]``.
-    """
-    scaled = _scaled_fp32(logits, temperature)
-    rows = [torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1) for z in scaled]
-    return torch.stack(rows)
-
-
 # ----------------------------------------------------------------------------- aggregation
-
-
-def loss_normalizer(loss_mask: Tensor, aggregation: Aggregation) -> int:
-    """What ``aggregate`` divides by: trained tokens (``token_mean``) or sequences with at least
-    one trained token (``sequence_mean``) in ``loss_mask [B, T]``.
-
-    Sum it over every micro-batch (and worker) of an optimiser step and pass the total as
-    ``normalizer`` to each micro-batch's loss.
-    """
-    trained = loss_mask.bool()
-    if aggregation == "token_mean":
-        return int(trained.sum())
-    if aggregation == "sequence_mean":
-        return int(trained.any(dim=-1).sum())
-    raise ValueError(f"aggregation must be 'token_mean' or 'sequence_mean', got {aggregation!r}")
 
 
 def aggregate(
@@ -196,8 +123,8 @@ def aggregate(
     - ``sequence_mean``: ``Σ_b (Σ_t x[b,t] / n_b) / S`` over sequences with ``n_b >= 1`` trained
       tokens, ``S`` their number (the paper's ``1/G Σ_i 1/|o_i| Σ_t``).
 
-    ``normalizer`` replaces ``N`` or ``S`` (``None``: this batch's own, see ``loss_normalizer``),
-    so micro-batch results sum to the full-batch result. Masked tokens contribute nothing, not even
+    ``normalizer`` replaces ``N`` or ``S`` (``None``: this batch's own; at least 1), so
+    micro-batch results sum to the full-batch result. Masked tokens contribute nothing, not even
     a NaN (``torch.where``, not a multiplication). A batch with no trained token gives 0.
     """
     if normalizer is not None and normalizer <= 0:
@@ -205,14 +132,12 @@ def aggregate(
     trained = loss_mask.bool()
     x = torch.where(trained, per_token, 0.0)
     if aggregation == "token_mean":
-        total = x.sum()
+        total, own = x.sum(), int(trained.sum())
     elif aggregation == "sequence_mean":
-        total = (x.sum(dim=-1) / trained.sum(dim=-1).clamp(min=1)).sum()
+        total, own = (x.sum(dim=-1) / trained.sum(dim=-1).clamp(min=1)).sum(), int(trained.any(dim=-1).sum())
     else:
         raise ValueError(f"aggregation must be 'token_mean' or 'sequence_mean', got {aggregation!r}")
-    if normalizer is None:
-        normalizer = max(loss_normalizer(trained, aggregation), 1)
-    return total / normalizer
+    return total / (max(own, 1) if normalizer is None else normalizer)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -237,9 +162,9 @@ def clipped_surrogate_loss(
     old_logp: Tensor,
     advantages: Tensor,
     loss_mask: Tensor,
-    clip_ratio: float = 0.2,
-    clip_ratio_high: float | None = None,
-    aggregation: Aggregation = "token_mean",
+    clip_ratio: float,
+    clip_ratio_high: float | None,
+    aggregation: Aggregation,
     normalizer: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The PPO clipped objective per token, negated to a loss and aggregated.
@@ -249,9 +174,8 @@ def clipped_surrogate_loss(
         old_logp: ``[B, T]`` the same under the policy that sampled them (the rollout's).
         advantages: ``[B]`` one per sequence, broadcast over its tokens.
         loss_mask: ``[B, T]`` bool or 0/1, True where the policy generated the token.
-        clip_ratio: ``ε_low``; the ratio is clipped to ``[1 - ε_low, 1 + ε_high]``.
-        clip_ratio_high: ``ε_high`` (DAPO clip-higher); ``None`` means ``ε_low``.
-        aggregation, normalizer: see ``aggregate``.
+        clip_ratio, clip_ratio_high: ``ε_low`` and ``ε_high`` (``train.clip_ratio``, ``train.clip_ratio_high``;
+            ``None``: ``ε_low``). aggregation (``train.loss_aggregation``), normalizer: see ``aggregate``.
 
     Per trained token, with ``ratio = exp(logp - old_logp)``::
 
@@ -271,11 +195,7 @@ def clipped_surrogate_loss(
           ``ratio - 1 - log(ratio)`` (non-negative, lower variance than ``old_logp - logp``).
         - ``ratio_mean``: mean importance ratio.
     """
-    if not (logp.shape == old_logp.shape == loss_mask.shape and advantages.shape == logp.shape[:1]):
-        raise ValueError(
-            f"expected logp, old_logp, loss_mask [B, T] and advantages [B]; got {tuple(logp.shape)}, "
-            f"{tuple(old_logp.shape)}, {tuple(loss_mask.shape)} and {tuple(advantages.shape)}"
-        )
+    _check_shapes(logp, old_logp, advantages, loss_mask)
     high = clip_ratio if clip_ratio_high is None else clip_ratio_high
     trained = loss_mask.bool()
     log_ratio = torch.where(trained, logp.float(), 0.0) - torch.where(trained, old_logp.float(), 0.0)
@@ -298,17 +218,26 @@ def clipped_surrogate_loss(
     return loss, metrics
 
 
+def _check_shapes(logp: Tensor, old_logp: Tensor, advantages: Tensor, loss_mask: Tensor) -> None:
+    """``logp``, ``old_logp`` and ``loss_mask`` are ``[B, T]`` and ``advantages`` is ``[B]``."""
+    if not (logp.shape == old_logp.shape == loss_mask.shape and advantages.shape == logp.shape[:1]):
+        raise ValueError(
+            f"expected logp, old_logp, loss_mask [B, T] and advantages [B]; got {tuple(logp.shape)}, "
+            f"{tuple(old_logp.shape)}, {tuple(loss_mask.shape)} and {tuple(advantages.shape)}"
+        )
+
+
 def grpo_loss(
     logp: Tensor,
     old_logp: Tensor,
     advantages: Tensor,
     loss_mask: Tensor,
     *,
-    clip_ratio: float = 0.2,
-    clip_ratio_high: float | None = None,
-    kl_coef: float = 0.0,
+    clip_ratio: float,
+    clip_ratio_high: float | None,
+    kl_coef: float,
+    aggregation: Aggregation,
     ref_logp: Tensor | None = None,
-    aggregation: Aggregation = "token_mean",
     normalizer: float | None = None,
     entropy: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -320,7 +249,7 @@ def grpo_loss(
         kl_coef: weight ``β`` of the KL to the reference policy; 0 leaves it out.
         ref_logp: ``[B, T]`` log-probs under the reference policy; required when ``kl_coef > 0``;
             when given with ``kl_coef = 0`` the KL is only reported.
-        entropy: ``[B, T]`` per-token entropy (``entropy_from_logits``), only reported.
+        entropy: ``[B, T]`` per-token entropy (``head_log_probs(..., with_entropy=True)``), only reported.
 
     Returns:
         ``(loss, metrics)``: the metrics of ``clipped_surrogate_loss`` plus ``kl`` (when

@@ -58,8 +58,9 @@ def head_log_probs(hidden: Tensor, weight: Tensor, targets: Tensor, temperature:
 
     Returns:
         ``(logp [N], entropy [N] or [0])``; ``logp`` is differentiable in ``hidden`` and ``weight``
-        (once), the entropy is a metric (no gradient). Equal to ``grpo.token_log_probs`` /
-        ``grpo.entropy_from_logits`` on ``hidden @ weight.T`` (fp32 rounding aside).
+        (once), the entropy is a metric (no gradient). Equal to ``log_softmax(z)[target]`` and
+        ``-Σ softmax(z) log_softmax(z)`` on whole logits ``z = hidden @ weight.T / τ`` (fp32 rounding
+        aside; ``tests/test_policy.py`` checks both and the gradients).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 to score tokens, got {temperature}")

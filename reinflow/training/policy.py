@@ -14,13 +14,15 @@ scheduler in memory between iterations. One ``train_step`` is one iteration's up
    engine_logprobs|`` over trained tokens: ~2e-7 for the ``hf`` engine in fp32 (tiny model,
    temperature 0.7; ``tests/test_policy.py`` bounds it at 1e-5).
 2. For each of ``epochs_per_batch`` epochs, for each micro-batch (``train_batch.micro_batches``):
-   forward right-padded with an attention mask, log-probs of ``ids[:, 1:]`` from the hidden states
-   at ``[:, :-1]`` (the loss mask, engine log-probs and targets are shifted alike), the lm_head
-   run only on trained positions and in row chunks (``head_log_probs``: no ``[N, V]`` logits;
-   the softmax kept for the backward pass where it fits), ``grpo.grpo_loss`` with ``normalizer`` = the whole batch's (so the micro-batch losses
-   and gradients sum to the full-batch ones), backward. Then ``_reduce_gradients`` (all-reduce
-   SUM over ranks), clip to ``max_grad_norm``, AdamW step (fused), re-pack the packed linear
-   layers. Metrics are averaged over epochs (``entropy``: epoch 0's, the policy that sampled).
+   forward right-padded with an attention mask (``padded_batch.collate``), log-probs of
+   ``ids[:, 1:]`` from the hidden states at ``[:, :-1]`` (the loss mask, engine log-probs and
+   targets are shifted alike), the lm_head run only on trained positions and in row chunks
+   (``head_log_probs``: no ``[N, V]`` logits; the softmax kept for the backward pass where it
+   fits), ``grpo.grpo_loss`` with ``normalizer`` = the whole batch's (so the micro-batch losses
+   and gradients sum to the full-batch ones), backward. Then
+   ``gradient_sync.sum_gradients_over_ranks`` (all-reduce SUM over ranks), clip to
+   ``max_grad_norm``, AdamW step (fused), re-pack the packed linear layers. Metrics are averaged
+   over epochs (``entropy``: epoch 0's, the policy that sampled).
    On CPU in fp32 every ``nn.Linear`` runs on oneDNN-packed weights (``reinflow.training.packed_linear``;
    the lm_head's forward GEMM only); the trainer re-packs them after every in-place weight change
    (optimizer step, ``load_state``, the initial broadcast). RMSNorms of the Llama/Qwen form run
@@ -36,7 +38,8 @@ reference is evaluated). The trainer always holds fp32 weights (``model.dtype`` 
 
 Distributed: with ``world_size > 1`` each rank calls ``train_step`` on a disjoint shard with the
 *global* normaliser; gradients are summed over the default ``torch.distributed`` process group
-(initialised by the caller, e.g. the Ray backbone), so every rank takes the single-process step.
+(initialised by the caller, e.g. the Ray backbone), so every rank takes the single-process step;
+rank 0's parameters are broadcast to the others at construction (``reinflow.training.gradient_sync``).
 Additive metrics (``loss``, ``policy_loss``, ``kl``, ``entropy``, ``clip_fraction``,
 ``approx_kl``, ``ratio_mean``) are this rank's share: sum them over ranks. ``logprob_mismatch`` is
 this rank's mean over its ``trained_tokens``; ``grad_norm`` and ``lr`` are global.
@@ -45,41 +48,25 @@ this rank's mean over its ``trained_tokens``; ``grad_norm`` and ``lr`` are globa
 from __future__ import annotations
 
 import copy
-import random
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
-from reinflow.training import grpo
 from reinflow.config import ExperimentConfig, LoraTuning
+from reinflow.training import grpo
 from reinflow.training.fused_rms_norm import fuse_rms_norms
+from reinflow.training.gradient_sync import broadcast_parameters, sum_gradients_over_ranks
 from reinflow.training.head_log_probs import head_log_probs
 from reinflow.training.packed_linear import pack_linears, repack, supported
+from reinflow.training.padded_batch import PaddedBatch, collate
+from reinflow.training.rng_state import rng_state, set_rng_state
 from reinflow.training.train_batch import TrainSample, batch_normalizer, micro_batches
 
 _ADAPTER = "default"
-_BUCKET_ELEMENTS = 1 << 24
-"""Gradients are all-reduced in flat buckets of about this many elements (64 MiB in fp32)."""
-
-
-@dataclass
-class _MicroBatch:
-    """A right-padded micro-batch; ``B`` rows, ``L`` the longest sample."""
-
-    input_ids: Tensor  # [B, L] long (0 at padding)
-    attention_mask: Tensor  # [B, L] long
-    targets: Tensor  # [B, L-1] long: input_ids[:, 1:]
-    loss_mask: Tensor  # [B, L-1] bool: sample loss_mask[1:], False at padding
-    engine_logp: Tensor  # [B, L-1] fp32: sample engine_logprobs[1:]
-    advantages: Tensor  # [B] fp32
-    tokens: int  # real (unpadded) tokens
 
 
 class _Warmup:
@@ -124,7 +111,8 @@ class PolicyTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _Warmup(self.train.warmup_iterations))
         self._dropout = _has_dropout(self.model)
         if world_size > 1:
-            self._broadcast_parameters()
+            broadcast_parameters(self.parameters.values())
+            repack(self._packed)
 
     @property
     def is_lora(self) -> bool:
@@ -147,7 +135,7 @@ class PolicyTrainer:
         started = time.perf_counter()
         normalizer = self._resolve_normalizer(samples, normalizer)
         lr = self.scheduler.get_last_lr()[0]
-        batches = [self._collate(mb) for mb in micro_batches(samples, self.train.micro_batch_tokens)]
+        batches = [collate(mb, self.device) for mb in micro_batches(samples, self.train.micro_batch_tokens)]
         metrics: dict[str, float] = {}
         if normalizer > 0:
             metrics = self._epochs(batches, normalizer, on_progress)
@@ -171,7 +159,7 @@ class PolicyTrainer:
         return float(batch_normalizer(samples, self.train.loss_aggregation))
 
     def _epochs(
-        self, batches: list[_MicroBatch], normalizer: float, on_progress: Callable[[int, int], None] | None = None
+        self, batches: list[PaddedBatch], normalizer: float, on_progress: Callable[[int, int], None] | None = None
     ) -> dict[str, float]:
         """All epochs over the micro-batches; metrics averaged over epochs (entropy: epoch 0)."""
         old = [self._score(mb) for mb in batches] if self._dropout else [None] * len(batches)
@@ -188,7 +176,8 @@ class PolicyTrainer:
                     _add_mismatch(mismatch, old[index], mb)
                 loss, parts = grpo.grpo_loss(
                     logp, old[index], mb.advantages, mb.loss_mask,
-                    clip_ratio=self.train.clip_ratio, kl_coef=self.train.kl_coef, ref_logp=refs[index],
+                    clip_ratio=self.train.clip_ratio, clip_ratio_high=self.train.clip_ratio_high,
+                    kl_coef=self.train.kl_coef, ref_logp=refs[index],
                     aggregation=self.train.loss_aggregation, normalizer=normalizer, entropy=entropy,
                 )
                 loss.backward()
@@ -203,63 +192,19 @@ class PolicyTrainer:
         return metrics
 
     def _optimizer_step(self) -> Tensor:
-        """Reduce the gradients over ranks, clip, step; returns the pre-clip global grad norm."""
-        self._reduce_gradients()
+        """Sum the gradients over ranks, clip, step; returns the pre-clip global grad norm."""
+        sum_gradients_over_ranks(list(self.parameters.values()), self.world_size)
         grad_norm = nn.utils.clip_grad_norm_(list(self.parameters.values()), self.train.max_grad_norm)
         self.optimizer.step()
         repack(self._packed)
         return grad_norm
 
-    def _reduce_gradients(self) -> None:
-        """All-reduce (SUM) every trainable gradient over the default process group when
-        ``world_size > 1``. A parameter without a gradient (a rank with an empty shard) gets zeros
-        first, so every rank steps every parameter alike. Flat buckets: few collectives."""
-        params = list(self.parameters.values())
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        if self.world_size == 1:
-            return
-        if dist.get_world_size() != self.world_size:
-            raise RuntimeError(f"process group has {dist.get_world_size()} ranks, trainer expects {self.world_size}")
-        for bucket in _buckets([p.grad for p in params], _BUCKET_ELEMENTS):
-            flat = torch.cat([g.reshape(-1) for g in bucket])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            offset = 0
-            for grad in bucket:
-                grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
-                offset += grad.numel()
-
-    def _broadcast_parameters(self) -> None:
-        """Make every rank start from rank 0's trainable weights (they load the same files anyway)."""
-        with torch.no_grad():
-            for p in self.parameters.values():
-                dist.broadcast(p.data, src=0)
-        repack(self._packed)
-
     # ---- log-probs ----------------------------------------------------------------------------
 
-    def _collate(self, samples: list[TrainSample]) -> _MicroBatch:
-        """Right-pad ``samples`` into one ``_MicroBatch`` on the trainer's device."""
-        longest = max(len(s.token_ids) for s in samples)
-        ids = torch.zeros(len(samples), longest, dtype=torch.long)
-        mask = torch.zeros(len(samples), longest, dtype=torch.long)
-        loss_mask = torch.zeros(len(samples), longest, dtype=torch.bool)
-        engine = torch.zeros(len(samples), longest, dtype=torch.float32)
-        for row, s in enumerate(samples):
-            n = len(s.token_ids)
-            ids[row, :n] = torch.tensor(s.token_ids)
-            mask[row, :n] = 1
-            loss_mask[row, :n] = torch.tensor(s.loss_mask, dtype=torch.bool)
-            engine[row, :n] = torch.tensor(s.engine_logprobs, dtype=torch.float32)
-        advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
-        device = self.device
-        return _MicroBatch(ids.to(device), mask.to(device), ids[:, 1:].to(device), loss_mask[:, 1:].to(device),
-                           engine[:, 1:].to(device), advantages.to(device), int(mask.sum()))
-
-    def _logp(self, model: nn.Module, mb: _MicroBatch, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
-        """``(logp [B, L-1], entropy [B, L-1] | None)`` of the targets at the sampling temperature;
-        0 at untrained positions. The lm_head runs only on the ``N`` trained positions
+    def _logp(self, model: nn.Module, mb: PaddedBatch, with_entropy: bool,
+              temperature: float | None = None) -> tuple[Tensor, Tensor | None]:
+        """``(logp [B, L-1], entropy [B, L-1] | None)`` of the targets at the sampling temperature
+        (or ``temperature``); 0 at untrained positions. The lm_head runs only on the ``N`` trained positions
         (``head_log_probs``: the ``[N, V]`` probabilities are kept only when they fit its budget)."""
         hidden = model.get_decoder()(
             input_ids=mb.input_ids, attention_mask=mb.attention_mask, use_cache=False
@@ -267,7 +212,7 @@ class PolicyTrainer:
         selected = hidden[:, :-1][mb.loss_mask]  # [N, H]
         head = model.get_output_embeddings()
         token_logp, token_entropy = head_log_probs(
-            selected, head.weight, mb.targets[mb.loss_mask], self.temperature, with_entropy,
+            selected, head.weight, mb.targets[mb.loss_mask], temperature or self.temperature, with_entropy,
             packed_weight=getattr(head, "packed", None),  # a PackedLinear's: the forward GEMM on oneDNN
         )
         logp = torch.zeros(mb.loss_mask.shape, dtype=torch.float32, device=self.device)
@@ -277,7 +222,7 @@ class PolicyTrainer:
         return logp, torch.zeros_like(logp).masked_scatter(mb.loss_mask, token_entropy)
 
     @torch.no_grad()
-    def _score(self, mb: _MicroBatch) -> Tensor:
+    def _score(self, mb: PaddedBatch) -> Tensor:
         """``old_logp [B, L-1]`` from a separate pass without dropout (only where dropout is active)."""
         self.model.eval()
         logp, _ = self._logp(self.model, mb, with_entropy=False)
@@ -285,7 +230,7 @@ class PolicyTrainer:
         return logp
 
     @torch.no_grad()
-    def _reference_logp(self, mb: _MicroBatch) -> Tensor:
+    def _reference_logp(self, mb: PaddedBatch) -> Tensor:
         """``ref_logp [B, L-1]`` under the reference policy (base without adapter, or the frozen copy)."""
         if self.is_lora:
             self.model.eval()
@@ -297,6 +242,19 @@ class PolicyTrainer:
         return logp
 
     # ---- weights for the engine, checkpoint state ---------------------------------------------
+
+    def log_probs(self, mb: PaddedBatch, temperature: float) -> Tensor:
+        """``logp [B, L-1]`` of ``mb``'s targets at ``temperature`` under the trained model, with grad;
+        0 at untrained positions (the warm start's cross-entropy: ``reinflow.training.warmup``)."""
+        return self._logp(self.model, mb, with_entropy=False, temperature=temperature)[0]
+
+    def weights_changed(self) -> None:
+        """Call after changing the trainable weights in place outside ``train_step`` (e.g. another
+        optimizer's step): re-packs the packed linear layers."""
+        repack(self._packed)
+
+    def close(self) -> None:
+        """Nothing to release: an in-process trainer holds only memory (``Policy.close``)."""
 
     @torch.no_grad()
     def engine_weights(self) -> dict[str, Tensor]:
@@ -375,7 +333,7 @@ def _has_dropout(model: nn.Module) -> bool:
     return modules or float(model.config.to_dict().get("attention_dropout", 0.0)) > 0
 
 
-def _add_mismatch(acc: list, old_logp: Tensor, mb: _MicroBatch) -> None:
+def _add_mismatch(acc: list, old_logp: Tensor, mb: PaddedBatch) -> None:
     """Add ``Σ |old_logp - engine_logp|`` over trained tokens and their count to ``acc``."""
     acc[0] += float((old_logp - mb.engine_logp).abs()[mb.loss_mask].sum())
     acc[1] += int(mb.loss_mask.sum())
@@ -384,36 +342,3 @@ def _add_mismatch(acc: list, old_logp: Tensor, mb: _MicroBatch) -> None:
 def _accumulate(totals: dict[str, float], values: dict[str, Tensor]) -> None:
     for key, value in values.items():
         totals[key] = totals.get(key, 0.0) + float(value)
-
-
-def _buckets(tensors: list[Tensor], elements: int) -> list[list[Tensor]]:
-    """Consecutive groups of tensors of about ``elements`` elements each (a large one alone)."""
-    groups: list[list[Tensor]] = [[]]
-    size = 0
-    for tensor in tensors:
-        if groups[-1] and size + tensor.numel() > elements:
-            groups.append([])
-            size = 0
-        groups[-1].append(tensor)
-        size += tensor.numel()
-    return [g for g in groups if g]
-
-
-def rng_state() -> dict:
-    """Python, numpy and torch (CPU) RNG states, in types ``torch.load(weights_only=True)`` reads."""
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    return {
-        "python": random.getstate(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what ``rng_state`` returned."""
-    random.setstate(state["python"])
-    np_state = state["numpy"]
-    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])

@@ -144,7 +144,8 @@ def _train_sample(sample: dict, advantage: float, episode_id: str) -> TrainSampl
 
 
 def _normalizer(masks: list[list[int]], aggregation: grpo.Aggregation) -> int:
-    """``grpo.loss_normalizer`` over ragged masks, without padding them into one tensor."""
+    """What ``grpo.aggregate`` divides by (trained tokens, or sequences with a trained token),
+    over ragged masks, without padding them into one tensor."""
     if aggregation == "token_mean":
         return sum(sum(1 for flag in mask if flag) for mask in masks)
     if aggregation == "sequence_mean":
