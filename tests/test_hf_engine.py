@@ -315,3 +315,16 @@ def test_decode_attention_rows_do_not_depend_on_the_batch_or_the_width():
         full = attend(rows, 208)
         for count, width in [(1, 208), (5, 208), (12, 208), (rows, 224), (rows, 320), (rows, 512)]:
             assert torch.equal(attend(count, width), full[:count])
+
+
+def test_a_request_after_a_scheduler_failure_names_the_failure():
+    """An episode that asks the engine for a turn after its scheduler died hears the cause, not just
+    "closed" (the rollout reports whichever episode's error comes first)."""
+    engine = HFEngine(resolve_model(TINY_RANDOM_LLAMA), device="cpu", max_model_len=64, max_batch_size=2)
+    engine._failure = RuntimeError("device lost")
+    with pytest.raises(EngineClosedError, match=r"scheduler failed: RuntimeError\('device lost'\)"):
+        asyncio.run(engine.generate([1, 2, 3], SamplingParams(max_new_tokens=2, temperature=1.0, top_p=1.0)))
+    engine._failure = None
+    asyncio.run(engine.close())
+    with pytest.raises(EngineClosedError, match="the hf engine is closed"):
+        asyncio.run(engine.generate([1, 2, 3], SamplingParams(max_new_tokens=2, temperature=1.0, top_p=1.0)))

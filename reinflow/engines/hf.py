@@ -145,8 +145,10 @@ class HFEngine:
         generator = torch.Generator(device=self.device).manual_seed(seed)
         request = Request(list(prompt_ids), sampling, budget, generator, loop, loop.create_future())
         with self._lock:
-            if self._closing or self._failure is not None:
-                raise EngineClosedError("the hf engine is closed") from self._failure
+            if self._failure is not None:  # name the cause, whichever episode hears of it first
+                raise EngineClosedError(f"the hf engine's scheduler failed: {self._failure!r}") from self._failure
+            if self._closing:
+                raise EngineClosedError("the hf engine is closed")
             self._queue.append(request)
             self._in_flight += 1
             self._lock.notify()
