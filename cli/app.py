@@ -238,6 +238,7 @@ def _print_summary(summary: dict) -> None:
     out.print(f"iterations:      {summary['iterations']}", highlight=False)
     out.print(f"held-out pass@1: baseline {_score(summary['baseline_pass_at_1'])} -> final "
               f"{_score(summary['final_pass_at_1'])}", highlight=False)
+    _print_tool_use(summary.get("tool_use") or {})
     stages = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in summary["stage_seconds"].items())
     out.print(f"wall time:       {summary['wall_seconds'] / 60:.1f} min ({stages}); "
               f"{100 * summary['outside_share']:.1f}% outside rollout/judge/update/evaluate", highlight=False)
@@ -245,6 +246,24 @@ def _print_summary(summary: dict) -> None:
     out.print(f"final policy:    {summary['model_uri']} (mlflow.pyfunc.load_model)", highlight=False)
     out.print(f"compare runs:    mlflow ui --backend-store-uri {summary['tracking_uri']}", highlight=False)
     out.print("see episodes:    reinflow logview   (conversations and token-level samples)", highlight=False)
+
+
+_TOOL_USE_LABELS = {
+    "tool_call_share": "calls a tool", "malformed_tool_calls_per_episode": "malformed calls/episode",
+    "answered_before_tool_result_share": "answers before result", "turns_per_episode": "turns/episode",
+}
+
+
+def _print_tool_use(tool_use: dict) -> None:
+    """The held-out tool-use figures, baseline -> final, where the agent made any tool call."""
+    used = [point[0] for key in ("tool_call_share", "malformed_tool_calls_per_episode")
+            for point in (tool_use.get(key) or {}).values() if point is not None]
+    if not any(value > 0 for value in used):
+        return
+    for key, label in _TOOL_USE_LABELS.items():
+        points = tool_use.get(key) or {}
+        out.print(f"  {label + ':':<24} baseline {_score(points.get('baseline'))} -> final "
+                  f"{_score(points.get('final'))}", highlight=False)
 
 
 def _score(point: tuple[float, float, float] | None) -> str:

@@ -1,5 +1,5 @@
-"""The training flow: prepare data → baseline evaluation → iterations of
-rollout → judge → update → (every k) evaluate → metrics → checkpoint.
+"""The training flow: prepare data → warm start (if configured) → baseline evaluation → iterations
+of rollout → judge → update → (every k) evaluate → metrics → checkpoint.
 
 Each iteration is its own subflow run, ``iter-N``. Tasks pass file paths, not big objects. Rollout
 and judge results are cached on their inputs, so a re-run of a failed iteration reuses what
@@ -24,11 +24,13 @@ from reinflow.tracking.summary import run_summary
 from reinflow.run.stage_timer import iteration_summary, timed
 from reinflow.tracking.mlflow_run import finish_run, log_iteration, log_metric, start_run, tracking_uri
 from reinflow.run.session import TrainingSession, close_session, open_session
+from reinflow.run.warmup import warm_start_needed
 from tasks.checkpoint import checkpoint
 from tasks.evaluate import evaluate
 from tasks.judge import judge
 from tasks.rollout import rollout
 from tasks.update import update
+from tasks.warmup import warmup
 
 
 @flow(name="train", log_prints=True)
@@ -44,12 +46,15 @@ def train(config_path: str, overrides: list[str] | None = None, resume: str | No
         info.mlflow_run_id = start_run(session.client, config, info.name, root)
         info.save(run_dir)
         log_config(session)
-    if session.iteration == 0:
-        seconds: dict[str, float] = {}
-        with timed(seconds, "evaluate"):
-            baseline = evaluate_iteration(session, 0)
-        log_iteration(session.client, info.mlflow_run_id, 0, baseline | seconds)
     try:
+        if session.iteration == 0:
+            seconds: dict[str, float] = {}
+            if warm_start_needed(session):  # done once: it ends with checkpoint iter_0
+                with timed(seconds, "warmup"):
+                    warmup(session)
+            with timed(seconds, "evaluate"):
+                baseline = evaluate_iteration(session, 0)
+            log_iteration(session.client, info.mlflow_run_id, 0, baseline | seconds)
         for iteration in range(session.iteration + 1, config.train.iterations + 1):
             train_iteration(session, iteration, flow_run_name=f"iter-{iteration}")
         return finish(session)

@@ -11,6 +11,11 @@ class RunInterrupted(RuntimeError):
     CLI prints its message in one line."""
 
 
+class EngineUnavailableError(ReinflowError):
+    """The configured rollout engine's library is missing or not the version reinflow was built
+    against (the message names the version and the install command)."""
+
+
 class SandboxUnavailableError(RuntimeError):
     """No safe way to run code was found (as root: privileges could not be dropped)."""
 

@@ -2,7 +2,8 @@
 process SIGKILL itself at that point, as a power cut or the OOM killer would. Unset (always, in
 normal use), a crash point is a no-op. Stages: ``rollout`` (episodes written, result not yet
 recorded), ``judge`` (likewise), ``update`` (weights changed in memory only), ``checkpoint``
-(half a checkpoint on disk), ``tracking`` (between the metrics and the checkpoint), and
+(half a checkpoint on disk), ``tracking`` (between the metrics and the checkpoint), ``warmup``
+(the warm start, after its N-th optimizer step: N counts steps, not iterations), and
 ``worker_update`` (Ray backbone: the last rank's worker process kills itself at the start of its
 N-th update, while the other ranks compute theirs; N is the iteration in a run started afresh)."""
 

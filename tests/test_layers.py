@@ -18,7 +18,7 @@ WING_FLOORS = {
     "reinflow.config": 1,
     "reinflow.engines": 2, "reinflow.sandbox": 2,
     "reinflow.rollout": 3,
-    "reinflow.data": 4, "reinflow.judging": 4, "reinflow.training": 4, "reinflow.tracking": 4,
+    "reinflow.data": 4, "reinflow.judging": 4, "reinflow.training": 4, "reinflow.tracking": 4, "reinflow.endpoint": 4,
     "reinflow.distributed": 5,
     "reinflow.run": 6,
     "reinflow.logview": 7,

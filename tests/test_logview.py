@@ -46,8 +46,8 @@ def episode(task: str, k: int, reward: float | None, *, success: bool | None = N
         "messages": json.dumps(messages), "turns": json.dumps(turns),
         "samples": [{"token_ids": [1, 2, *range(100, 100 + tokens)], "loss_mask": [0, 0] + [1] * tokens,
                      "logprobs": [0.0, 0.0] + [-0.25] * tokens}],
-        "num_turns": 1, "num_tool_calls": 0, "format_errors": format_errors, "generated_tokens": tokens,
-        "finish_reason": "stop", "wall_seconds": 0.5,
+        "num_turns": 1, "num_tool_calls": 0, "format_errors": format_errors, "answered_before_tool_result": False,
+        "generated_tokens": tokens, "finish_reason": "stop", "wall_seconds": 0.5,
         "raw_reward": None if reward is None or math.isnan(reward) else reward,
         "is_success": success if success is not None else (None if reward is None or math.isnan(reward) else reward > 0),
         "judge_error": judge_error, "judge_seconds": 0.01, "length_capped": False, "degenerate": False,
@@ -118,8 +118,8 @@ def test_filters_and_their_counts(viewer):
     assert [r["episode_id"] for r in viewer.table(RUN, "iter_1", show="format_errors")["rows"]] == ["b#0"]
     assert [r["episode_id"] for r in viewer.table(RUN, "iter_1", show="judge_errors")["rows"]] == ["b#1"]
     assert [r["episode_id"] for r in viewer.table(RUN, "iter_1", show="succeeded", task="a")["rows"]] == ["a#0"]
-    assert data["counts"] == {"all": 8, "failed": 5, "succeeded": 3, "format_errors": 1, "judge_errors": 1,
-                              "rollout_errors": 1}
+    assert data["counts"] == {"all": 8, "failed": 5, "succeeded": 3, "format_errors": 1, "tool_calls": 0,
+                              "no_tool_calls": 7, "answered_before_result": 0, "judge_errors": 1, "rollout_errors": 1}
 
 
 def test_bad_sort_or_filter_names_the_culprit(viewer):

@@ -5,6 +5,7 @@ they live in :mod:`reinflow.config.experiment`, the one place every default of r
 :func:`load_config` (:mod:`reinflow.config.loading`) reads an experiment YAML into them.
 """
 
+from reinflow.config.endpoint import EndpointConfig
 from reinflow.config.experiment import (
     DataConfig,
     ExperimentConfig,
@@ -24,7 +25,7 @@ from reinflow.config.loading import load_config
 from reinflow.config.warmup import WarmupConfig
 
 __all__ = [
-    "DataConfig", "ExperimentConfig", "FullTuning", "HubSource", "JudgeConfig", "LocalSource",
+    "DataConfig", "EndpointConfig", "ExperimentConfig", "FullTuning", "HubSource", "JudgeConfig", "LocalSource",
     "LoraTuning", "ModelConfig", "ReasoningGymSource", "RolloutConfig", "Section", "TrackingConfig",
     "TrainConfig", "WarmupConfig", "load_config",
 ]

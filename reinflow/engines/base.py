@@ -35,6 +35,18 @@ class Generation:
     finish_reason: FinishReason
 
 
+@dataclass(frozen=True)
+class LoraAdapter:
+    """One policy version as a LoRA adapter over the engine's base weights (an engine that serves
+    adapters, `vllm`, takes this instead of merged weights): the trainable adapter tensors under
+    peft's parameter names (``...q_proj.lora_A.<adapter>.weight``) and the adapter's shape."""
+
+    tensors: Mapping[str, torch.Tensor]
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]
+
+
 @runtime_checkable  # Prefect builds a parameter schema of the live objects a subflow receives
 class Engine(Protocol):
     """Serves many concurrent requests through one batching loop."""

@@ -17,9 +17,10 @@ EngineKind = Literal["hf", "vllm"]
 
 def create_engine(kind: EngineKind, model_folder: Path | str, *, dtype: str = "float32", max_model_len: int,
                   max_batch_size: int, device: str | torch.device | None = None,
-                  vllm_memory_fraction: float | None = None) -> Engine:
+                  vllm_memory_fraction: float | None = None, lora_rank: int | None = None) -> Engine:
     """An engine serving ``model_folder``; vLLM is imported only when asked for (``vllm_memory_fraction``:
-    its ``gpu_memory_utilization``, vLLM's own default where None)."""
+    its ``gpu_memory_utilization``, vLLM's own default where None; ``lora_rank``: the `vllm` engine
+    serves `LoraAdapter` versions up to that rank, see :func:`serves_adapters`)."""
     if kind == "hf":
         from reinflow.engines.hf import HFEngine
 
@@ -29,6 +30,11 @@ def create_engine(kind: EngineKind, model_folder: Path | str, *, dtype: str = "f
         from reinflow.engines.vllm import VLLMEngine
 
         return VLLMEngine(model_folder, dtype=dtype, max_model_len=max_model_len, max_batch_size=max_batch_size,
-                          device=device, memory_fraction=vllm_memory_fraction)
+                          device=device, memory_fraction=vllm_memory_fraction, lora_rank=lora_rank)
     raise ValueError(f"unknown engine kind '{kind}': use 'hf' or 'vllm'")
 
+
+def serves_adapters(kind: EngineKind, lora: bool) -> bool:
+    """Whether an engine of ``kind`` takes LoRA policy versions as adapters (`LoraAdapter`) rather
+    than merged weights: `vllm` does (one new ``LoRARequest`` per version), `hf` merges."""
+    return kind == "vllm" and lora

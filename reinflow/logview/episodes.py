@@ -17,9 +17,11 @@ import pyarrow.parquet as pq
 
 TABLE_COLUMNS = (
     "episode_id", "task_id", "group_index", "status", "error", "num_turns", "num_tool_calls", "format_errors",
-    "generated_tokens", "finish_reason", "wall_seconds", "reward", "raw_reward", "is_success", "judge_error",
+    "answered_before_tool_result", "generated_tokens", "finish_reason", "wall_seconds", "reward", "raw_reward",
+    "is_success", "judge_error",
 )
-"""The summary columns read for the table (the judge's are absent from a rollout file)."""
+"""The summary columns read for the table (the judge's are absent from a rollout file, and
+``answered_before_tool_result`` from files written before it existed: those read as None)."""
 
 SORT_KEYS = frozenset(TABLE_COLUMNS) | {"advantage"}
 
@@ -28,6 +30,9 @@ SHOW = {
     "failed": lambda row: row["status"] != "ok" or row["is_success"] is False or row["judge_error"] is not None,
     "succeeded": lambda row: row["is_success"] is True,
     "format_errors": lambda row: (row["format_errors"] or 0) > 0,
+    "tool_calls": lambda row: (row["num_tool_calls"] or 0) > 0,
+    "no_tool_calls": lambda row: row["status"] == "ok" and not row["num_tool_calls"],
+    "answered_before_result": lambda row: row["answered_before_tool_result"] is True,
     "judge_errors": lambda row: row["judge_error"] is not None,
     "rollout_errors": lambda row: row["status"] != "ok",
 }

@@ -166,7 +166,7 @@ def _assistant_turns(
     def flush() -> None:
         if generated:
             exact = reply_text(generated)
-            turns.append({"role": "assistant", "content": _generic_reply(generated) if exact is None else exact})
+            turns.append({"role": "assistant", "content": generic_reply(generated) if exact is None else exact})
             generated.clear()
         if results:
             ordered = sorted(results, key=lambda result: call_order.get(result.id, len(call_order)))
@@ -193,8 +193,9 @@ def _assistant_turns(
     return turns
 
 
-def _generic_reply(blocks: GeneratedBlocks) -> str:
-    """An assistant reply the policy did not generate (e.g. written by hand into the memory)."""
+def generic_reply(blocks: GeneratedBlocks) -> str:
+    """An assistant reply the policy did not generate (e.g. written by hand into the memory, or a
+    demonstration): its text, then each call as ``format_tool_call`` writes it, one per line."""
     parts = []
     for block in blocks:
         if isinstance(block, TextBlock):
@@ -215,7 +216,16 @@ def _arguments(raw: str) -> Any:
 def _tool_turns(
     results: Sequence[ToolResultBlock], tool_errors: Mapping[str, str], tool_role: bool
 ) -> list[ChatMessage]:
-    texts = [_tool_result_text(result, tool_errors) for result in results]
+    return tool_result_turns([_tool_result_text(result, tool_errors) for result in results], tool_role)
+
+
+def tool_result_turns(texts: Sequence[str], tool_role: bool) -> list[ChatMessage]:
+    """The chat turns of a run of tool results, in call order: one ``tool`` turn each (templates
+    with tool support), or one ``user`` turn of ``<tool_response>`` blocks (Hermes style).
+
+    >>> tool_result_turns(["5", "7"], tool_role=False)
+    [{'role': 'user', 'content': '<tool_response>\\n5\\n</tool_response>\\n<tool_response>\\n7\\n</tool_response>'}]
+    """
     if tool_role:
         return [{"role": "tool", "content": text} for text in texts]
     content = "\n".join(f"<tool_response>\n{text}\n</tool_response>" for text in texts)

@@ -35,8 +35,9 @@ ROLLOUT_SCHEMA = pa.schema(
         ("turns", pa.string()),  # JSON: one dict per LLM call (response text, tool calls, finish reason, sizes)
         ("samples", pa.list_(SAMPLE_TYPE)),
         ("num_turns", pa.int32()),
-        ("num_tool_calls", pa.int32()),
-        ("format_errors", pa.int32()),
+        ("num_tool_calls", pa.int32()),  # well-formed tool calls, the structured final answer's not counted
+        ("format_errors", pa.int32()),  # malformed tool calls
+        ("answered_before_tool_result", pa.bool_()),  # answered in a turn that also called a tool (tool_use.py)
         ("generated_tokens", pa.int32()),
         ("finish_reason", pa.string()),  # of the last LLM call
         ("wall_seconds", pa.float64()),

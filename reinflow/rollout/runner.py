@@ -19,7 +19,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 from reinflow.rollout.episode_schema import ROLLOUT_SCHEMA
 from reinflow.errors import RunInterrupted
 from reinflow.rollout.parquet_stream import ParquetStream
+from reinflow.rollout.tool_use import episode_tool_use, tool_use_metrics
 from reinflow.rollout.trajectory import build_samples
 from reinflow.rollout.tuned_model import EpisodeEnded, GenerationAborted, TunedModel
 from reinflow.rollout.workflow import Task, Workflow, WorkflowOutput
@@ -157,6 +157,7 @@ def episode_row(
     final_answer = output.final_answer if output.final_answer is not None else judge_input.pop("final_answer", None)
     judge_input.pop("final_answer", None)
     samples = build_samples(turns, max_samples) if turns else []
+    tool_use = episode_tool_use(turns, final_answer is not None)
     return {
         "iteration": iteration,
         "task_id": plan.task.task_id,
@@ -178,8 +179,9 @@ def episode_row(
             {"token_ids": s.token_ids, "loss_mask": s.loss_mask, "logprobs": s.logprobs} for s in samples
         ],
         "num_turns": len(turns),
-        "num_tool_calls": sum(len(turn.tool_calls) for turn in turns),
+        "num_tool_calls": tool_use.tool_calls,
         "format_errors": model.format_errors,
+        "answered_before_tool_result": tool_use.answered_before_tool_result,
         "generated_tokens": sum(len(turn.output_ids) for turn in turns),
         "finish_reason": turns[-1].finish_reason if turns else None,
         "wall_seconds": wall_seconds,
@@ -209,7 +211,8 @@ def _turn_record(turn: Any) -> dict[str, Any]:
 
 def _summary(row: dict[str, Any]) -> dict[str, Any]:
     """The few numbers of a row the metrics need (the row itself is not kept in memory)."""
-    keys = ("status", "context_overflow", "num_turns", "num_tool_calls", "format_errors", "generated_tokens")
+    keys = ("status", "context_overflow", "num_turns", "num_tool_calls", "format_errors", "generated_tokens",
+            "answered_before_tool_result")
     return {key: row[key] for key in keys}
 
 
@@ -217,10 +220,6 @@ def rollout_metrics(summaries: Sequence[dict[str, Any]], wall_seconds: float) ->
     """Throughput and episode statistics of a rollout."""
     episodes = len(summaries)
     tokens = sum(s["generated_tokens"] for s in summaries)
-
-    def mean(key: str) -> float:
-        return statistics.fmean(s[key] for s in summaries) if summaries else 0.0
-
     return {
         "episodes": float(episodes),
         "episodes_failed": float(sum(s["status"] == "failed" for s in summaries)),
@@ -229,8 +228,7 @@ def rollout_metrics(summaries: Sequence[dict[str, Any]], wall_seconds: float) ->
         "generated_tokens": float(tokens),
         "generated_tokens_per_second": tokens / wall_seconds if wall_seconds > 0 else 0.0,
         "episodes_per_second": episodes / wall_seconds if wall_seconds > 0 else 0.0,
-        "turns_per_episode": mean("num_turns"),
-        "tool_calls_per_episode": mean("num_tool_calls"),
+        **tool_use_metrics(summaries),  # tool calls, malformed calls, answered before a result, turns
         "format_error_rate": (
             sum(s["format_errors"] > 0 for s in summaries) / episodes if episodes else 0.0
         ),

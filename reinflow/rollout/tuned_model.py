@@ -21,7 +21,8 @@ Unlike a hosted model it never leaves text to chance:
    into one sample. A reply cut off by the token limit has no EOS: the template's end-of-turn
    token is then part of the suffix (a prompt token). When the text does not extend (the system
    prompt or the tools changed, a template rewrote history), the conversation is re-rendered and
-   tokenized whole, and that turn becomes a separate sample.
+   tokenized whole, and that turn becomes a separate sample. The rule is
+   ``reinflow.rollout.prompt_history``'s, shared with the warm start's demonstrations.
 4. **Tool calls** are parsed from ``<tool_call>{json}</tool_call>`` (several per reply) by
    ``reinflow.rollout.tool_calls``. A malformed call (bad JSON, unknown tool, non-object arguments, no
    name, unclosed tag, JSON nested too deep, calls past ``max_tool_calls_per_turn``) is counted in
@@ -77,6 +78,8 @@ from reinflow.rollout.chat_format import (
     with_tool_block,
 )
 from reinflow.engines.base import Engine, FinishReason, SamplingParams
+from reinflow.rollout.prompt_history import PromptHistory, after_reply, next_prompt_ids, split_reply
+from reinflow.rollout.stop_strings import cut_at_stop
 from reinflow.rollout.tool_calls import ParsedReply, ToolCall, parse_tool_calls
 
 if TYPE_CHECKING:
@@ -134,14 +137,14 @@ class Turn:
     extends_previous: bool = False
     """Whether the prompt extends the previous turn's prompt + output token for token."""
     max_new_tokens: int = 0
+    text_before_stop: str | None = None
+    """Where a caller's stop string ended the reply: the text before it, which is what the caller
+    was shown and what its tool calls are parsed from (None: no stop string cut the reply)."""
 
-
-@dataclass(frozen=True)
-class _History:
-    """The token ids of the last prompt + output, and the text they stand for."""
-
-    text: str
-    ids: list[int]
+    @property
+    def shown_text(self) -> str:
+        """The reply as its caller was shown it (tool calls still in it)."""
+        return self.response_text if self.text_before_stop is None else self.text_before_stop
 
 
 class LocalPolicyCredential(CredentialBase):
@@ -226,7 +229,7 @@ class TunedModel(ChatModelBase):
         """Set when a call raised :class:`ContextOverflow`."""
         self.judge_input_dictionary: dict[str, Any] = {}
         """Values the workflow hands to the judge (e.g. ``final_answer``)."""
-        self._history: _History | None = None
+        self._history: PromptHistory | None = None
         self._turn_of_block: dict[str, int] = {}
         self._tool_errors: dict[str, str] = {}
 
@@ -268,32 +271,57 @@ class TunedModel(ChatModelBase):
         self._check_turn_limit()
         tools = tools or []
         chat = await self._chat_messages(messages, tools)
+        turn, parsed = await self.generate_turn(chat, tools)
+        blocks = self._blocks(turn, parsed)
+        elapsed = time.perf_counter() - started
+        usage = ChatUsage(input_tokens=len(turn.prompt_ids), output_tokens=len(turn.output_ids), time=elapsed)
+        return ChatResponse(content=blocks, is_last=True, usage=usage)
+
+    async def generate_turn(
+        self,
+        chat: list[ChatMessage],
+        tools: list[dict[str, Any]],
+        *,
+        max_new_tokens: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> tuple[Turn, ParsedReply]:
+        """Render ``chat`` (ready for the template: the Hermes tool block already in its system
+        prompt where the template has no tool support), generate, record the turn and parse its
+        tool calls. Every LLM call of the episode goes through here: the agent's (``_call_api``) and
+        those of the OpenAI-compatible endpoint (``reinflow.endpoint``), which also passes its
+        request's ``max_tokens`` (``max_new_tokens``: it can only lower the limit) and ``stop``
+        strings (``reinflow.rollout.stop_strings``). Raises the :class:`EpisodeEnded` errors."""
+        self._check_turn_limit()
         prompt_text = self.template.render(chat, tools)
-        prompt_ids, extends = self._prompt_ids(prompt_text)
-        sampling = self._sampling(len(prompt_ids))
+        prompt_ids, extends = next_prompt_ids(self.template, self._history, prompt_text)
+        sampling = self._sampling(len(prompt_ids), max_new_tokens)
         generation = await self.engine.generate(prompt_ids, sampling)
         if generation.finish_reason == "abort":
             raise GenerationAborted(f"turn {len(self.turns)}: the engine aborted the request")
-        response_text, stop_text = self._split_reply(generation.token_ids, generation.finish_reason)
+        output_ids, logprobs = list(generation.token_ids), list(generation.logprobs)
+        stopped = generation.finish_reason == "stop"
+        cut = cut_at_stop(output_ids, self.template.decode, stop, ends_with_eos=stopped)
+        if cut is not None:  # no EOS left: the template's end-of-turn token becomes a prompt token
+            output_ids, logprobs, stopped = output_ids[: cut.keep], logprobs[: cut.keep], False
+        response_text, stop_text = split_reply(self.template, output_ids, stopped)
         turn = Turn(
             index=len(self.turns),
             prompt_ids=prompt_ids,
-            output_ids=list(generation.token_ids),
-            output_logprobs=list(generation.logprobs),
-            finish_reason=generation.finish_reason,
+            output_ids=output_ids,
+            output_logprobs=logprobs,
+            finish_reason="stop" if cut is not None else generation.finish_reason,
             messages=chat,
             tools=tools,
             prompt_text=prompt_text,
             response_text=response_text,
             extends_previous=extends,
             max_new_tokens=sampling.max_new_tokens,
+            text_before_stop=None if cut is None else cut.text_before_stop,
         )
-        parsed = parse_tool_calls(response_text, tool_names(tools), self.parameters.max_tool_calls_per_turn)
-        blocks = self._record(turn, parsed)
-        self._history = _History(prompt_text + response_text + stop_text, prompt_ids + turn.output_ids)
-        elapsed = time.perf_counter() - started
-        usage = ChatUsage(input_tokens=len(prompt_ids), output_tokens=len(turn.output_ids), time=elapsed)
-        return ChatResponse(content=blocks, is_last=True, usage=usage)
+        parsed = parse_tool_calls(turn.shown_text, tool_names(tools), self.parameters.max_tool_calls_per_turn)
+        self._record(turn, parsed)
+        self._history = after_reply(prompt_text, prompt_ids, response_text, stop_text, turn.output_ids)
+        return turn, parsed
 
     # ------------------------------------------------------------------------- steps of a call
 
@@ -316,14 +344,7 @@ class TunedModel(ChatModelBase):
             return None
         return self.turns[turns.pop()].response_text
 
-    def _prompt_ids(self, prompt_text: str) -> tuple[list[int], bool]:
-        """The prompt ids, extending the last prompt + output where the text allows it."""
-        history = self._history
-        if history is not None and prompt_text.startswith(history.text):
-            return history.ids + self.template.encode(prompt_text[len(history.text) :]), True
-        return self.template.encode(prompt_text), False
-
-    def _sampling(self, prompt_len: int) -> SamplingParams:
+    def _sampling(self, prompt_len: int, max_new_tokens: int | None = None) -> SamplingParams:
         params: TunedModel.Parameters = self.parameters
         room = params.max_model_len - prompt_len
         if room <= 0:
@@ -333,35 +354,39 @@ class TunedModel(ChatModelBase):
             )
         seed = None if params.seed is None else (params.seed * 1_000_003 + len(self.turns)) % 2**63
         return SamplingParams(
-            max_new_tokens=min(params.max_new_tokens_per_turn, room),
+            max_new_tokens=min(params.max_new_tokens_per_turn, room, max_new_tokens or room),
             temperature=params.temperature,
             top_p=params.top_p,
             seed=seed,
         )
 
-    def _split_reply(self, output_ids: Sequence[int], finish_reason: FinishReason) -> tuple[str, str]:
-        """(reply text without the closing EOS, the EOS text); a reply cut by length has no EOS."""
-        if finish_reason == "stop" and output_ids:
-            return self.template.decode(output_ids[:-1]), self.template.decode(output_ids[-1:])
-        return self.template.decode(output_ids), ""
+    def _record(self, turn: Turn, parsed: ParsedReply) -> None:
+        """Store the turn with its well-formed calls and format errors, and count the errors."""
+        for position, call in enumerate(parsed.calls):
+            if isinstance(call, ToolCall):
+                turn.tool_calls.append({"id": tool_call_id(turn.index, position), "name": call.name,
+                                        "arguments": call.arguments})
+            else:
+                turn.format_errors.append(call.error)
+        self.format_errors += len(turn.format_errors)
+        self.turns.append(turn)
 
-    def _record(self, turn: Turn, parsed: ParsedReply) -> list[TextBlock | ToolCallBlock]:
-        """Store the turn, count its format errors and build the response blocks for the agent."""
+    def _blocks(self, turn: Turn, parsed: ParsedReply) -> list[TextBlock | ToolCallBlock]:
+        """The response blocks for the agent; a malformed call becomes a call of ``invalid_tool_call``."""
         blocks: list[TextBlock | ToolCallBlock] = []
         if parsed.text or not parsed.calls:
             blocks.append(TextBlock(text=parsed.text))
         for position, call in enumerate(parsed.calls):
-            call_id = f"call_{turn.index}_{position}"
+            call_id = tool_call_id(turn.index, position)
             if isinstance(call, ToolCall):
-                turn.tool_calls.append({"id": call_id, "name": call.name, "arguments": call.arguments})
                 blocks.append(ToolCallBlock(id=call_id, name=call.name, input=json.dumps(call.arguments)))
             else:
-                turn.format_errors.append(call.error)
                 self._tool_errors[call_id] = call.error
                 blocks.append(invalid_call_block(call_id, call))
-        self.format_errors += len(turn.format_errors)
-        self.turns.append(turn)
         self._turn_of_block.update((block.id, turn.index) for block in blocks)
         return blocks
 
 
+def tool_call_id(turn_index: int, position: int) -> str:
+    """The id of the ``position``-th call of turn ``turn_index`` (unique within an episode)."""
+    return f"call_{turn_index}_{position}"

@@ -74,3 +74,8 @@ class Workflow(ABC):
         Raising :class:`~reinflow.rollout.tuned_model.EpisodeEnded` (e.g. ``ContextOverflow``) from here is
         fine: the rollout runner ends the episode cleanly and keeps the turns recorded so far.
         """
+
+    def close(self) -> None:
+        """Release what the workflow holds for the whole run (called once, when the run's rollout
+        runtime closes); nothing by default. The endpoint's workflows (``reinflow.endpoint``) stop
+        their server here."""

@@ -8,6 +8,8 @@ the same mistakes would surface only after Prefect started, wrapped in its log l
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from reinflow.config import DataConfig, ExperimentConfig, LocalSource
@@ -15,14 +17,32 @@ from reinflow.config.errors import ConfigError
 from reinflow.errors import ReinflowError
 from reinflow.config.plugins import PluginError, import_class
 from reinflow.rollout.workflow import Workflow
+from reinflow.config.warmup import RAY_UNSUPPORTED
 
 
 def check_experiment(config: ExperimentConfig, project_root: Path, source: str) -> None:
     """Raise a one-line ConfigError (``<source>: <key path>: <problem>``) for the first problem found."""
     check_data(config.data, project_root, source)
     _check_folder(project_root / config.tracking.run_dir, "tracking.run_dir", source)
-    _check_plugin(config.rollout.workflow, project_root, "workflow", ("run",), "rollout.workflow", source)
+    if config.rollout.workflow is not None:
+        _check_plugin(config.rollout.workflow, project_root, "workflow", ("run",), "rollout.workflow", source)
+    elif config.rollout.workflow_command is not None:
+        _check_command(config.rollout.workflow_command, project_root, source)
     _check_plugin(config.judge.protocol, project_root, "judge", ("compute_reward",), "judge.protocol", source)
+    check_warmup(config, project_root, source)
+
+
+def check_warmup(config: ExperimentConfig, project_root: Path, source: str) -> None:
+    """The warm start's demonstrations file and earlier run exist, and the backbone can warm-start."""
+    warmup = config.warmup
+    if warmup.demonstrations is not None and not (project_root / warmup.demonstrations).is_file():
+        path = (project_root / warmup.demonstrations).resolve()
+        raise ConfigError(f"{source}: warmup.demonstrations: no such file: {path}")
+    if warmup.from_run is not None and not (project_root / warmup.from_run).exists():
+        path = (project_root / warmup.from_run).resolve()
+        raise ConfigError(f"{source}: warmup.from_run: no such run folder or judged file: {path}")
+    if warmup.enabled and config.backbone != "debug":
+        raise ConfigError(f"{source}: warmup: {RAY_UNSUPPORTED}")
 
 
 def check_data(data: DataConfig, project_root: Path, source: str) -> None:
@@ -38,6 +58,18 @@ def check_data(data: DataConfig, project_root: Path, source: str) -> None:
 def _check_folder(path: Path, key: str, source: str) -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{source}: {key}: {path} is a file, not a folder")
+
+
+def _check_command(command: list[str], project_root: Path, source: str) -> None:
+    """The program of ``rollout.workflow_command`` exists and may be run (a path with a slash is
+    taken from the project root, a bare name from $PATH, as the episode's process will be)."""
+    program = command[0]
+    if "/" in program:
+        path = project_root / program
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise ConfigError(f"{source}: rollout.workflow_command: no executable file {path}")
+    elif shutil.which(program) is None:
+        raise ConfigError(f"{source}: rollout.workflow_command: '{program}' is not on $PATH")
 
 
 def _check_plugin(

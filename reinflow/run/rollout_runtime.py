@@ -12,14 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from reinflow.config import ExperimentConfig
-from reinflow.engines.base import Engine
-from reinflow.engines.factory import create_engine
+from reinflow.config.experiment import LoraTuning
+from reinflow.engines.base import Engine, LoraAdapter
+from reinflow.engines.factory import create_engine, serves_adapters
 from reinflow.config.models import resolve_model
 from reinflow.config.plugins import construct_plugin
+from reinflow.endpoint.command_workflow import CommandWorkflow
+from reinflow.endpoint.pull_workflow import PullWorkflow
 from reinflow.rollout.runner import ModelFactory, plan_episodes, run_rollout
 from reinflow.data.task_cursor import next_tasks
 from reinflow.rollout.tuned_model import TunedModel
 from reinflow.rollout.workflow import Task, Workflow
+from reinflow.training.base import Policy
 
 
 @dataclass
@@ -39,8 +43,20 @@ class RolloutRuntime:
             rollout = rollout.model_copy(update={"temperature": temperature})
         return lambda seed: TunedModel.from_rollout_config(self.engine, self.tokenizer, rollout, seed)
 
+    def load_policy(self, policy: Policy) -> None:
+        """Serve ``policy``'s current weights (every hand-over from trainer to engine goes here):
+        a `LoraAdapter` where the engine serves adapters (:func:`adapter_rank`), merged weights otherwise."""
+        tuning = self.config.model.tuning
+        if adapter_rank(self.config) is not None:
+            self.engine.load_weights(LoraAdapter(tensors=policy.state()["weights"], rank=tuning.rank,
+                                                 alpha=tuning.alpha, target_modules=tuple(tuning.target_modules)))
+        else:
+            self.engine.load_weights(policy.engine_weights())
+
     def close(self) -> None:
-        """Stop the engine (its scheduler, and its Ray actors for replicas); the runtime is spent."""
+        """Stop the workflow (a ``workflow_command``'s endpoint) and the engine (its scheduler, and its
+        Ray actors for replicas); the runtime is spent."""
+        self.workflow.close()
         asyncio.run(self.engine.close())
 
 
@@ -63,12 +79,30 @@ def engine_for(config: ExperimentConfig, model_folder: Path) -> Engine:
 
         return RayEngineReplicas(config, model_folder)
     return create_engine(rollout.engine, model_folder, dtype=config.model.dtype, max_model_len=rollout.max_model_len,
-                         max_batch_size=rollout.max_batch_size, vllm_memory_fraction=rollout.vllm_memory_fraction)
+                         max_batch_size=rollout.max_batch_size, vllm_memory_fraction=rollout.vllm_memory_fraction,
+                         lora_rank=adapter_rank(config))
+
+
+def adapter_rank(config: ExperimentConfig) -> int | None:
+    """The LoRA rank the engine serves adapters of, or None where it takes merged weights (full
+    tuning, the `hf` engine, and engine replicas, which receive merged weights)."""
+    tuning = config.model.tuning
+    lora = isinstance(tuning, LoraTuning)
+    if lora and config.rollout.engine_replicas == 1 and serves_adapters(config.rollout.engine, lora):
+        return tuning.rank
+    return None
 
 
 def load_workflow(config: ExperimentConfig, project_root: Path) -> Workflow:
-    """Import and construct the configured workflow; problems become one-line PluginErrors."""
+    """Import and construct the configured workflow; problems become one-line PluginErrors. With
+    ``rollout.workflow_command``, the workflow runs that command per episode against the
+    OpenAI-compatible endpoint (``reinflow.endpoint``); with ``rollout.workflow_pull``, remote
+    workers claim the episodes through its pull API."""
     rollout = config.rollout
+    if rollout.workflow_command is not None:
+        return CommandWorkflow.from_rollout_config(rollout, project_root)
+    if rollout.workflow_pull:
+        return PullWorkflow.from_rollout_config(rollout)
     return construct_plugin(rollout.workflow, rollout.workflow_options, project_root, role="workflow",
                             required_methods=("run",), base=Workflow, options_key="rollout.workflow_options")
 

@@ -76,11 +76,11 @@ def restore_latest(session: TrainingSession) -> None:
     """Load the newest complete checkpoint (weights into trainer and engine, cursor, iteration)."""
     path = latest_checkpoint(session.checkpoints)
     if path is None:
-        session.runtime.engine.load_weights(session.policy.engine_weights())
+        session.runtime.load_policy(session.policy)
         return
     state, extra = read_checkpoint(path, fingerprint=session.config.fingerprint())
     session.policy.load_state(state)
-    session.runtime.engine.load_weights(session.policy.engine_weights())
+    session.runtime.load_policy(session.policy)
     session.iteration, session.cursor = extra["iteration"], extra["cursor"]
 
 
@@ -95,7 +95,7 @@ def update_policy(
     if samples:
         metrics |= session.policy.train_step(samples, batch_metrics["loss_normalizer"], on_progress=on_progress)
     started = time.perf_counter()
-    session.runtime.engine.load_weights(session.policy.engine_weights())
+    session.runtime.load_policy(session.policy)
     metrics["weight_sync_seconds"] = time.perf_counter() - started
     return metrics
 
@@ -112,7 +112,7 @@ def load_checkpoint_weights(runtime: RolloutRuntime, config: ExperimentConfig, c
     state, _ = read_checkpoint(checkpoint, fingerprint=config.fingerprint(), allow_config_change=True)
     policy = create_policy(config.model_copy(update={"backbone": "debug"}), resolve_model(config.model.path))
     policy.load_state(state)
-    runtime.engine.load_weights(policy.engine_weights())
+    runtime.load_policy(policy)
     policy.close()
 
 

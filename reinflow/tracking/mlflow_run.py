@@ -108,6 +108,26 @@ def log_iteration(client: MlflowClient, run_id: str, step: int, metrics: dict[st
     return True
 
 
+def log_series_once(client: MlflowClient, run_id: str, series: dict[str, list[float]], totals: dict[str, float],
+                    sentinel: str) -> bool:
+    """Log a stage's metrics that are not per iteration (e.g. the warm start's): ``series[key][i]``
+    at step ``i + 1``, ``totals`` at step 0, with ``sentinel`` (one of ``totals``) last. Nothing is
+    written where the sentinel is already logged, and no step of a series is logged twice, so a
+    stage re-run after a crash is logged once. Returns whether anything was written."""
+    if client.get_metric_history(run_id, sentinel):
+        return False
+    now = int(time.time() * 1000)
+    batch = []
+    for key, values in series.items():
+        done = {metric.step for metric in client.get_metric_history(run_id, key)}
+        batch += [Metric(key, float(v), now, step) for step, v in enumerate(values, 1) if step not in done and _finite(v)]
+    batch += [Metric(key, float(v), now, 0) for key, v in totals.items() if key != sentinel and _finite(v)]
+    batch.append(Metric(sentinel, float(totals[sentinel]), now, 0))
+    for start in range(0, len(batch), 900):
+        client.log_batch(run_id, metrics=batch[start : start + 900])
+    return True
+
+
 def log_metric(client: MlflowClient, run_id: str, step: int, key: str, value: float) -> None:
     """Log one metric at ``step`` after the iteration's batch (e.g. the checkpoint's seconds, known
     only once the checkpoint is written). A crash just before it loses this value, never repeats it."""

@@ -13,12 +13,15 @@ const SERIES = [
 const COLUMNS = [
   ["task_id", "task"], ["group_index", "#"], ["reward", "reward"], ["advantage", "advantage"],
   ["is_success", "success"], ["num_turns", "turns"], ["num_tool_calls", "tool calls"],
-  ["generated_tokens", "length (tokens)"], ["finish_reason", "finish"], ["format_errors", "format errors"],
+  ["format_errors", "malformed calls"], ["answered_before_tool_result", "answered before result"],
+  ["generated_tokens", "length (tokens)"], ["finish_reason", "finish"],
   ["judge_error", "judge error"], ["status", "status"],
 ];
 const FILTERS = [
   ["all", "all episodes"], ["failed", "failed only"], ["succeeded", "succeeded only"],
-  ["format_errors", "format errors only"], ["judge_errors", "judge errors only"], ["rollout_errors", "rollout errors only"],
+  ["format_errors", "malformed tool calls"], ["tool_calls", "with tool calls"], ["no_tool_calls", "without tool calls"],
+  ["answered_before_result", "answered before a tool result"],
+  ["judge_errors", "judge errors only"], ["rollout_errors", "rollout errors only"],
 ];
 
 let overview = null;
@@ -263,9 +266,10 @@ async function renderSet(runId, key, query) {
     el("td", { class: "success" }, fmt(row.is_success)),
     el("td", { class: "num" }, fmt(row.num_turns)),
     el("td", { class: "num" }, fmt(row.num_tool_calls)),
+    el("td", { class: "num" }, fmt(row.format_errors)),
+    el("td", {}, fmt(row.answered_before_tool_result)),
     el("td", { class: "num" }, fmt(row.generated_tokens)),
     el("td", {}, fmt(row.finish_reason)),
-    el("td", { class: "num" }, fmt(row.format_errors)),
     el("td", { class: "wrap" }, row.judge_error || ""),
     el("td", { class: "wrap" }, row.status + (row.error ? ": " + row.error : ""))));
   show(
@@ -288,7 +292,8 @@ async function renderEpisode(runId, key, id) {
       [["question", data.question], ["reference answer", data.reference_answer], ["final answer", data.final_answer],
        ["reward", fmt(e.reward)], ["advantage", fmt(e.advantage)], ["success", fmt(e.is_success)],
        ["status", e.status + (e.error ? ": " + e.error : "")], ["judge error", e.judge_error],
-       ["turns / tool calls", `${e.num_turns} / ${e.num_tool_calls}`], ["format errors", fmt(e.format_errors)],
+       ["turns / tool calls", `${e.num_turns} / ${e.num_tool_calls}`], ["malformed tool calls", fmt(e.format_errors)],
+       ["answered before a tool result", fmt(e.answered_before_tool_result)],
        ["finish reason", e.finish_reason]].flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v === null || v === undefined ? "–" : v)])),
     el("section", { id: "conversation" }, el("h3", {}, "Conversation"), conversation(data.conversation)),
     el("section", { id: "samples" }, el("h3", {}, "Training samples (token view)"), tokenLegend(),
