@@ -75,13 +75,11 @@ def create_policy(config: ExperimentConfig, model_folder: Path) -> Policy:
 def restore_latest(session: TrainingSession) -> None:
     """Load the newest complete checkpoint (weights into trainer and engine, cursor, iteration)."""
     path = latest_checkpoint(session.checkpoints)
-    if path is None:
-        session.runtime.load_policy(session.policy)
-        return
-    state, extra = read_checkpoint(path, fingerprint=session.config.fingerprint())
-    session.policy.load_state(state)
+    if path is not None:
+        state, extra = read_checkpoint(path, fingerprint=session.config.fingerprint())
+        session.policy.load_state(state)
+        session.iteration, session.cursor = extra["iteration"], extra["cursor"]
     session.runtime.load_policy(session.policy)
-    session.iteration, session.cursor = extra["iteration"], extra["cursor"]
 
 
 def update_policy(
