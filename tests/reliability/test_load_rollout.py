@@ -11,8 +11,10 @@ runs it in a process of its own and measures its resident set size).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +34,9 @@ def _load(tmp_path: Path, *args: str, timeout_s: float) -> dict:
                                    cwd=ROOT, env=env, stdout=sink, stderr=sink, start_new_session=True)
         try:
             returncode = process.wait(timeout=timeout_s + 120)
-        finally:
-            subprocess.run(["kill", "-9", f"-{process.pid}"], stderr=subprocess.DEVNULL)
+        finally:  # not `kill -9 -PGID`: procps-ng 4.0.2's kill sends that to pid -1, i.e. to everything
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
     assert returncode == 0, log.read_text()[-3000:]
     result = json.loads(out.read_text())
     print(json.dumps(result))
