@@ -19,13 +19,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cli.preflight import check_eval_target, check_hub_target, check_resume, check_runs_dir
 from reinflow.config import DataConfig, load_config
 from reinflow.config.errors import ConfigError
 from reinflow.data.shards import manifest_path
 from reinflow.errors import ReinflowError, RunInterrupted, one_line
 from reinflow.config.models import ModelResolutionError, resolve_model
 from reinflow.run import environment
-from reinflow.run.preflight import check_data, check_experiment
+from reinflow.run.preflight import check_data, check_experiment, check_task_index
 
 app = typer.Typer(
     name="reinflow",
@@ -98,11 +99,12 @@ def rollout(
     episodes: Annotated[int, typer.Option("--episodes", help="Episodes to run for that task.", min=1)] = 1,
 ) -> None:
     """Run one task in this process and print each episode turn by turn (breakpoints work)."""
-    from reinflow.run.debug_rollout import debug_rollout, print_episode
-
     try:
         config = load_config(conf, overrides or [])
+        check_data(config.data, Path.cwd(), str(conf))
+        check_task_index(config.data, Path.cwd(), task)  # before the plugins are imported: it is quick
         check_experiment(config, Path.cwd(), str(conf))
+        from reinflow.run.debug_rollout import debug_rollout, print_episode
         _prepare_data_if_missing(config.data)
         rows = debug_rollout(config, Path.cwd(), task, episodes)
     except ReinflowError as error:
@@ -128,6 +130,7 @@ def train(
     settings = list(overrides or []) + ([f"backbone={backbone}"] if backbone else [])
     try:
         config = load_config(conf, settings)  # fail fast, before Prefect starts
+        check_resume(config, Path.cwd(), resume)
         check_experiment(config, Path.cwd(), str(conf))
         if with_logview:
             _start_logview(Path.cwd() / config.tracking.run_dir)
@@ -151,6 +154,7 @@ def eval_(
 ) -> None:
     """Held-out pass@1 (greedy) and pass@k (sampled) of a checkpoint or the base model."""
     try:
+        check_eval_target(checkpoint, base_model)
         check_experiment(load_config(conf, overrides or []), Path.cwd(), str(conf))
         from flows.evaluate import evaluate
 
@@ -183,6 +187,10 @@ def logview(
         settings = LogviewSettings(**{key: value for key, value in given.items() if value is not None})
     except ValidationError as error:
         _fail(f"logview: {error.errors()[0]['loc'][0]}: {error.errors()[0]['msg']}")
+    try:
+        check_runs_dir(settings.runs_dir)
+    except ReinflowError as error:
+        _fail(str(error))
     warning = exposure_warning(settings.host)
     if warning:
         err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
@@ -288,6 +296,8 @@ def _data_config(
     if overrides:
         raise ConfigError(f"overrides {overrides} need --conf")
     source = _source_for_target(target, subset)
+    if source["type"] == "hub":
+        check_hub_target(target, Path.cwd())
     return DataConfig.model_validate({"source": source, "path": path, **_single_split(source)})
 
 

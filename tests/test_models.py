@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,37 @@ def test_hub_id_offline_gives_a_clear_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelResolutionError, match="could not be downloaded from the Hugging Face hub"):
         resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct-not-cached")
+
+
+@pytest.mark.parametrize("name", [
+    "HuggingFaceTB/SmolLM2-135M-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", "gpt2", "builtin:smollm2-135m-instruct",
+    "builtin:tiny-random-llama", "builtin:tiny-random-llama?seed=3",
+])
+def test_the_name_check_accepts_hub_ids_and_builtins_without_asking_anything(name, tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "_download_from_hub", lambda _: pytest.fail("the check must not download"))
+    models.check_model_name(name, tmp_path)
+
+
+@pytest.mark.parametrize(("name", "fragment"), [
+    ("/nonexistent", "model '/nonexistent': no such folder (/nonexistent), and not a Hugging Face hub id"),
+    ("./models/mine", "no such folder"),
+    ("a/b/c", "not a Hugging Face hub id"),
+    ("org//model", "not a Hugging Face hub id"),
+    ("org/model--x", "not a Hugging Face hub id"),
+    ("local_dir/gone", "model 'local_dir/gone': no such folder"),  # its first part is a local folder
+    ("builtin:nope", "unknown built-in model"),
+    ("builtin:tiny-random-llama?seed=x", "seed=<non-negative integer>"),
+])
+def test_the_name_check_refuses_what_names_no_model(name, fragment, tmp_path):
+    (tmp_path / "local_dir").mkdir()
+    with pytest.raises(ModelResolutionError, match=re.escape(fragment)):
+        models.check_model_name(name, tmp_path)
+
+
+def test_resolving_a_missing_folder_says_so_instead_of_asking_the_hub(monkeypatch):
+    monkeypatch.setattr(models, "_download_from_hub", lambda _: pytest.fail("not a hub id: nothing to download"))
+    with pytest.raises(ModelResolutionError, match=r"no such folder .*not a Hugging Face hub id"):
+        resolve_model("/nonexistent")
 
 
 def test_failed_build_leaves_no_half_entry(tmp_path, monkeypatch):

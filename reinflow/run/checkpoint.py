@@ -42,11 +42,11 @@ from safetensors.torch import load_file, save_file
 
 from reinflow.errors import ReinflowError, RunInterrupted
 from reinflow.faults import crash_point
+from reinflow.run.checkpoint_files import COMPLETE
 
 WEIGHTS = "weights.safetensors"
 TRAINER_STATE = "trainer_state.pt"
 META = "meta.json"
-COMPLETE = "COMPLETE"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^iter_(\d+)$")
 _LEFTOVER = re.compile(r"^\.(tmp|trash)-iter_\d+-(\d+)$")

@@ -16,26 +16,18 @@ from rich.console import Console
 from rich.markup import escape
 
 from reinflow.config import ExperimentConfig
-from reinflow.data.shards import load_manifest
 from reinflow.data.task_cursor import next_tasks
-from reinflow.errors import ReinflowError
 from reinflow.judging.judge import load_judge
 from reinflow.judging.judge_rollouts import judge_rollout_file
+from reinflow.run.preflight import check_task_index
 from reinflow.run.rollout_runtime import build_runtime, roll_out
 from reinflow.run.run_state import experiment_dir
-
-
-class TaskIndexError(ReinflowError):
-    """``--task N`` names a row the split does not have."""
 
 
 def debug_rollout(config: ExperimentConfig, project_root: Path, task_index: int, episodes: int) -> list[dict[str, Any]]:
     """Run ``episodes`` episodes of the train split's task ``task_index``, judge them and return
     the judged rows. The files stay under ``<experiment folder>/debug/task_<N>/`` for a closer look."""
-    rows = load_manifest(project_root / config.data.path, config.data.train_split)["rows"]
-    if task_index >= rows:
-        raise TaskIndexError(f"--task {task_index}: the {config.data.train_split} split has {rows} tasks "
-                             f"(rows 0 to {rows - 1})")
+    check_task_index(config.data, project_root, task_index)  # the shards are there now: their row count
     (task,), _ = next_tasks(project_root / config.data.path, config.data.train_split, task_index, 1)
     judge = load_judge(config.judge, project_root)
     folder = experiment_dir(config, project_root) / "debug" / f"task_{task_index}"

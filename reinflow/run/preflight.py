@@ -12,8 +12,11 @@ import os
 import shutil
 from pathlib import Path
 
-from reinflow.config import DataConfig, ExperimentConfig, LocalSource
+from reinflow.config import DataConfig, ExperimentConfig, LocalSource, ReasoningGymSource
 from reinflow.config.errors import ConfigError
+from reinflow.config.models import check_model_name
+from reinflow.data.shards import load_manifest, manifest_path
+from reinflow.data.sources import count_rows, local_file
 from reinflow.errors import ReinflowError
 from reinflow.config.plugins import PluginError, import_class
 from reinflow.rollout.workflow import Workflow
@@ -24,12 +27,38 @@ def check_experiment(config: ExperimentConfig, project_root: Path, source: str) 
     """Raise a one-line ConfigError (``<source>: <key path>: <problem>``) for the first problem found."""
     check_data(config.data, project_root, source)
     _check_folder(project_root / config.tracking.run_dir, "tracking.run_dir", source)
+    try:
+        check_model_name(config.model.path, project_root)
+    except ReinflowError as error:
+        raise ConfigError(f"{source}: model.path: {error}") from None
     if config.rollout.workflow is not None:
         _check_plugin(config.rollout.workflow, project_root, "workflow", ("run",), "rollout.workflow", source)
     elif config.rollout.workflow_command is not None:
         _check_command(config.rollout.workflow_command, project_root, source)
     _check_plugin(config.judge.protocol, project_root, "judge", ("compute_reward",), "judge.protocol", source)
     check_warmup(config, project_root, source)
+
+
+class TaskIndexError(ReinflowError):
+    """``--task N`` names a row the split does not have."""
+
+
+def check_task_index(data: DataConfig, project_root: Path, task_index: int) -> None:
+    """``task_index`` is a row of the train split, as far as is known before the data is prepared:
+    the shards' manifest where they exist, else a reasoning-gym source's size, else the rows of a
+    local file (an upper bound: broken rows are skipped when it is prepared). A hub split's size is
+    known only once it is prepared."""
+    split, bound = data.train_split, ""
+    if manifest_path(project_root / data.path, split).is_file():
+        rows = load_manifest(project_root / data.path, split)["rows"]
+    elif isinstance(data.source, ReasoningGymSource) and split in data.source.sizes:
+        rows = data.source.sizes[split]
+    elif isinstance(data.source, LocalSource) and split in data.source.files:
+        rows, bound = count_rows(local_file(data.source, split, project_root)), "at most "
+    else:
+        return
+    if task_index >= rows:
+        raise TaskIndexError(f"--task {task_index}: the {split} split has {bound}{rows} tasks (rows 0 to {rows - 1})")
 
 
 def check_warmup(config: ExperimentConfig, project_root: Path, source: str) -> None:

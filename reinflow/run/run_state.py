@@ -69,7 +69,7 @@ def run_to_resume(config: ExperimentConfig, project_root: Path, name: str | None
         candidates = sorted(runs.glob("*/" + RUN_FILE), key=lambda p: p.stat().st_mtime, reverse=True)
         candidates = [p.parent for p in candidates if _load(p.parent).status != "finished"]
     if not candidates or not (candidates[0] / RUN_FILE).is_file():
-        wanted = f"run '{name}'" if name else "an unfinished run"
+        wanted = f"run '{name}'" if name else "unfinished run"
         raise ResumeError(f"--resume: no {wanted} of experiment '{config.experiment}' under {runs}")
     run_dir = candidates[0]
     info = _load(run_dir)

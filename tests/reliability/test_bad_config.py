@@ -11,6 +11,7 @@ import copy
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,71 @@ def test_real_command_prints_one_line(project: Path, row_id: str) -> None:
         done = subprocess.run(command, cwd=project, stdout=out, stderr=err, timeout=120,
                               env={**os.environ, "COLUMNS": "80"})
     assert_one_line_error(done.returncode, stderr.read_text(), fragments)
+
+
+CLI_PROMISE = "bad command-line input: one line, exit 2, before Prefect starts"
+LOADED_PREFECT = "PREFECT WAS LOADED"
+# The real command in a subprocess that says on stderr, as it exits, whether Prefect was imported.
+WATCHED_CLI = [sys.executable, "-c", "import atexit, sys; atexit.register(lambda: 'prefect' in sys.modules and "
+               f"sys.stderr.write('{LOADED_PREFECT}\\n')); from cli.app import main; main()"]
+
+
+def no_change(config: dict, root: Path) -> None:
+    pass
+
+
+# (id, config mutation, arguments after `reinflow` (bad.yaml is the mutated base config), fragments of the error line)
+CLI_ROWS = [
+    ("model_path_missing_folder", no_change, ["train", "--conf", "bad.yaml", "model.path=/nonexistent"],
+     ["bad.yaml: model.path: model '/nonexistent': no such folder", "not a Hugging Face hub id"]),
+    ("model_path_not_a_hub_id", no_change, ["train", "--conf", "bad.yaml", "model.path=org//model"],
+     ["model.path: model 'org//model': no such folder", "not a Hugging Face hub id"]),
+    ("model_path_missing_under_local_folder", no_change, ["train", "--conf", "bad.yaml", "model.path=not_a_model/gone"],
+     ["model.path: model 'not_a_model/gone': no such folder"]),
+    ("model_folder_without_config", no_change, ["eval", "--conf", "bad.yaml", "model.path=not_a_model"],
+     ["model.path: model folder", "has no config.json"]),
+    ("model_unknown_builtin", no_change, ["rollout", "--conf", "bad.yaml", "model.path=builtin:nope"],
+     ["model.path: unknown built-in model 'builtin:nope'"]),
+    ("rollout_task_past_local_file", no_change, ["rollout", "--conf", "bad.yaml", "--task", "99999999"],
+     ["--task 99999999: the train split has at most 1 tasks (rows 0 to 0)"]),
+    ("rollout_task_past_reasoning_gym_size", setting(("data.source", RG)), ["rollout", "--conf", "bad.yaml", "--task", "4"],
+     ["--task 4: the train split has 4 tasks (rows 0 to 3)"]),
+    ("resume_unknown_run", no_change, ["train", "--conf", "bad.yaml", "--resume", "no-such-run"],
+     ["--resume: no run 'no-such-run' of experiment 'bad_input'"]),
+    ("resume_latest_without_runs", no_change, ["train", "--conf", "bad.yaml", "--resume", "latest"],
+     ["--resume: no unfinished run of experiment 'bad_input'"]),
+    ("eval_checkpoint_missing", no_change, ["eval", "--conf", "bad.yaml", "--checkpoint", "/nonexistent"],
+     ["--checkpoint /nonexistent: no such folder: /nonexistent"]),
+    ("eval_checkpoint_incomplete", no_change, ["eval", "--conf", "bad.yaml", "--checkpoint", "not_a_checkpoint"],
+     ["--checkpoint not_a_checkpoint:", "is not a complete checkpoint (no COMPLETE marker"]),
+    ("eval_checkpoint_and_base_model", no_change, ["eval", "--conf", "bad.yaml", "--checkpoint", "x", "--base-model"],
+     ["give either --checkpoint or --base-model, not both"]),
+    ("prepare_data_target_not_a_dataset_id", no_change, ["prepare-data", "--target", "bogus//dataset", "--path", "out"],
+     ["--target 'bogus//dataset': no such file or folder, and not a Hugging Face dataset id"]),
+    ("prepare_data_target_unknown_offline", no_change, ["prepare-data", "--target", "bogus/dataset", "--path", "out"],
+     ["--target hub dataset 'bogus/dataset' is not in the local cache"]),
+    ("logview_runs_dir_missing", no_change, ["logview", "--runs-dir", "/nonexistent"],
+     ["logview: --runs-dir /nonexistent: no such folder"]),
+    ("logview_runs_dir_is_a_file", no_change, ["logview", "--runs-dir", "tasks.jsonl"],
+     ["logview: --runs-dir tasks.jsonl: is a file, not a folder"]),
+]
+
+
+@pytest.mark.reliability(CLI_PROMISE, tried="missing or malformed model path, --task past the split, --resume of no "
+                                            "run, missing/incomplete --checkpoint, unknown --target dataset, missing "
+                                            "--runs-dir: the installed command in a subprocess, timed")
+@pytest.mark.parametrize(("mutate", "arguments", "fragments"), [row[1:] for row in CLI_ROWS], ids=[row[0] for row in CLI_ROWS])
+def test_bad_command_line_is_one_line_before_prefect(project: Path, mutate, arguments: list[str], fragments: list[str]) -> None:
+    (project / "not_a_model").mkdir()
+    (project / "not_a_checkpoint").mkdir()
+    config = copy.deepcopy(base_config(project))
+    mutate(config, project)
+    write_config(project, config)
+    env = {**os.environ, "COLUMNS": "80", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    started = time.monotonic()
+    done = subprocess.run([*WATCHED_CLI, *arguments], cwd=project, capture_output=True, text=True, timeout=60, env=env)
+    seconds = time.monotonic() - started
+    assert LOADED_PREFECT not in done.stderr, "the error came after Prefect was imported"
+    assert_one_line_error(done.returncode, done.stderr, fragments)
+    assert seconds < 10, f"took {seconds:.1f} s"
+    assert not (project / "runs").exists() and not (project / "shards").exists() and not (project / "out").exists()
