@@ -12,13 +12,13 @@ from pathlib import Path
 from reinflow.config import ExperimentConfig
 from reinflow.config.errors import ConfigError
 from reinflow.run.checkpoint_files import checkpoint_problem
-from reinflow.run.run_state import run_to_resume
+from reinflow.run.run_state import find_run_to_resume
 
 
 def check_resume(config: ExperimentConfig, project_root: Path, resume: str | None) -> None:
     """``--resume NAME|latest`` names a run of the experiment made with this config."""
     if resume is not None:
-        run_to_resume(config, project_root, None if resume == "latest" else resume)
+        find_run_to_resume(config, project_root, None if resume == "latest" else resume)
 
 
 def check_eval_target(checkpoint: Path | None, base_model: bool) -> None:

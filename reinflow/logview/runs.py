@@ -18,7 +18,7 @@ from pathlib import Path
 from reinflow.config import TrainConfig, load_config
 from reinflow.config.errors import ConfigError
 from reinflow.errors import ReinflowError
-from reinflow.run.run_state import RUN_FILE
+from reinflow.run.run_state import RUN_FILE, effective_status
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,14 @@ def find_run(runs_dir: Path, run_id: str) -> RunFolder:
 
 
 def run_status(run: RunFolder) -> dict:
-    """``run.json`` as written by the training run ({} when unreadable)."""
+    """``run.json`` as written by the training run ({} when unreadable), its status as a reader sees
+    it: ``crashed`` where it says ``running`` but its owner process is gone (``run_state.effective_status``)."""
     try:
-        return json.loads((run.path / RUN_FILE).read_text())
+        recorded = json.loads((run.path / RUN_FILE).read_text())
     except (OSError, ValueError) as error:
         log.warning("logview: cannot read %s: %s", run.path / RUN_FILE, error)
         return {}
+    return recorded | {"status": effective_status(recorded)} if isinstance(recorded, dict) else {}
 
 
 def episode_sets(run: RunFolder) -> list[EpisodeSet]:
