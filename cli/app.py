@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cli.children import tie_prefect_server
 from cli.preflight import check_eval_target, check_hub_target, check_resume, check_runs_dir
 from reinflow.config import DataConfig, load_config
 from reinflow.config.errors import ConfigError
@@ -78,6 +79,7 @@ def prepare_data(
     """Download a dataset and write normalised Parquet shards (data/<name>/<split>/part-NNNNN.parquet)."""
     try:
         data = _data_config(conf, overrides or [], target, path, subset)
+        tie_prefect_server()
         from flows.prepare_data import prepare_data as prepare_data_flow
 
         summary = prepare_data_flow(data, project_root=str(Path.cwd()))
@@ -134,6 +136,7 @@ def train(
         check_experiment(config, Path.cwd(), str(conf))
         if with_logview:
             _start_logview(Path.cwd() / config.tracking.run_dir)
+        tie_prefect_server()  # its ephemeral server ends with this process, even a SIGKILLed one
         from flows.train import train as train_flow
 
         summary = train_flow(str(conf), settings, resume, project_root=str(Path.cwd()))
@@ -156,6 +159,7 @@ def eval_(
     try:
         check_eval_target(checkpoint, base_model)
         check_experiment(load_config(conf, overrides or []), Path.cwd(), str(conf))
+        tie_prefect_server()
         from flows.evaluate import evaluate
 
         result = evaluate(str(conf), list(overrides or []), str(checkpoint) if checkpoint else None, pass_k,
@@ -227,6 +231,7 @@ def stop(
 def _prepare_data_if_missing(data: DataConfig) -> None:
     """Prepare the data as ``reinflow train`` does, where the train split has no shards yet."""
     if not manifest_path(Path.cwd() / data.path, data.train_split).is_file():
+        tie_prefect_server()
         from flows.prepare_data import prepare_data as prepare_data_flow
 
         prepare_data_flow(data, project_root=str(Path.cwd()))
