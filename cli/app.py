@@ -21,7 +21,7 @@ from rich.console import Console
 
 from cli.children import tie_prefect_server
 from cli.preflight import check_eval_target, check_hub_target, check_resume, check_runs_dir
-from reinflow.config import DataConfig, load_config
+from reinflow.config import DataConfig, TrackingConfig, load_config
 from reinflow.config.errors import ConfigError
 from reinflow.data.shards import manifest_path
 from reinflow.errors import ReinflowError, RunInterrupted, one_line
@@ -203,6 +203,24 @@ def logview(
               lambda url: out.print(f"logview of {settings.runs_dir}: {url}  (Ctrl-C to stop)", highlight=False))
     except OSError as error:
         _fail(f"logview: cannot listen on {settings.host}:{settings.port}: {error.strerror or error}")
+
+
+@app.command("runs")
+def runs(
+    runs_dir: Annotated[Path | None, typer.Option(help="Folder of <experiment>/<run>/ run folders [default: the config's "
+                                                       "tracking.run_dir, or runs].")] = None,
+    conf: ConfOption = None,
+) -> None:
+    """List the runs: status (running, finished, crashed), iteration, held-out pass@1, how to resume."""
+    from cli.runs import print_runs
+    from reinflow.run.run_listing import run_rows
+
+    try:
+        folder = runs_dir or (load_config(conf).tracking.run_dir if conf else TrackingConfig().run_dir)
+        check_runs_dir(folder, "runs")
+    except ReinflowError as error:
+        _fail(str(error))
+    print_runs(out, folder, run_rows(folder, Path.cwd()))
 
 
 @app.command("stop")

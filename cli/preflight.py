@@ -44,10 +44,10 @@ def check_hub_target(target: str, project_root: Path) -> None:
                           "or a folder)") from None
 
 
-def check_runs_dir(runs_dir: Path) -> None:
-    """The folder ``reinflow logview`` is to show exists."""
+def check_runs_dir(runs_dir: Path, verb: str = "logview") -> None:
+    """The folder ``reinflow logview`` (or ``reinflow runs``) is to show exists."""
     if not runs_dir.exists():
-        raise ConfigError(f"logview: --runs-dir {runs_dir}: no such folder ({runs_dir.resolve()}); "
+        raise ConfigError(f"{verb}: --runs-dir {runs_dir}: no such folder ({runs_dir.resolve()}); "
                           "give a config's tracking.run_dir, where training writes its runs")
     if not runs_dir.is_dir():
-        raise ConfigError(f"logview: --runs-dir {runs_dir}: is a file, not a folder")
+        raise ConfigError(f"{verb}: --runs-dir {runs_dir}: is a file, not a folder")
