@@ -33,6 +33,8 @@ from reinflow.sandbox import (
     run_python,
     run_python_async,
 )
+from reinflow.sandbox.host_view import first_blocked_ancestor, host_path_view
+from reinflow.sandbox.launch_config import exposed_paths
 from reinflow.sandbox.processes import live_pids_of_uid
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -50,6 +52,13 @@ LIMITS = SandboxLimits(
 )
 ISOLATION = probe_isolation()
 ESCAPE_MARK = f"reinflow-sandbox-escape-{os.getpid()}"
+REFUSAL = {"visible": "PermissionError", "unreachable": "PermissionError", "hidden": "FileNotFoundError"}
+"""What opening a host path the code may not use raises, by how the code sees it (``host_path_view``)."""
+PROJECT_VIEW = host_path_view(PROJECT / "pyproject.toml", ISOLATION)
+"""How the code sees the checkout's files: visible (host permissions as another user), hidden (a
+checkout under /tmp, or under a folder the interpreter's tmpfs covers) or unreachable (an ancestor
+without o+x, e.g. a home folder of mode 700 or 750)."""
+PROJECT_REFUSAL = REFUSAL[PROJECT_VIEW]
 
 
 @dataclass
@@ -156,6 +165,14 @@ def host_path_absent(path: str) -> Check:
     return check
 
 
+def project_file_read() -> tuple[Check, ...]:
+    """Reading a world-readable project file: its text where the code sees the checkout, else the
+    error of a hidden (FileNotFoundError) or unreachable (PermissionError) checkout."""
+    if PROJECT_VIEW == "visible":
+        return exits(0), says("[project]")
+    return exits(1), says(PROJECT_REFUSAL, "stderr")
+
+
 def no_connection_arrived() -> Check:
     def check(r: SandboxResult, ctx: Ctx) -> None:
         with pytest.raises(BlockingIOError):
@@ -243,7 +260,7 @@ CASES = [
     case("killpg_own_group", "import os, signal\nos.killpg(0, signal.SIGKILL)", dies_of(signal.SIGKILL), quick(1.5)),
     # filesystem
     case("write_project_dir", "try:\n    open('$project/$mark', 'w').write('x')\nexcept OSError as e:\n"
-         "    print(type(e).__name__)", stdout_is("PermissionError\n"), host_path_absent("$project/$mark"), needs=PRIV),
+         "    print(type(e).__name__)", stdout_is(f"{PROJECT_REFUSAL}\n"), host_path_absent("$project/$mark"), needs=PRIV),
     case("write_root_home", "try:\n    open('/root/$mark', 'w').write('x')\nexcept OSError as e:\n"
          "    print(type(e).__name__)", stdout_is("PermissionError\n"), host_path_absent("/root/$mark"), needs=PRIV),
     case("write_tmp", "open('/tmp/$mark', 'w').write('x')\nprint('written')", stdout_is("written\n"),
@@ -253,11 +270,11 @@ CASES = [
     case("write_run_lock", "open('/run/lock/$mark', 'w').write('x')\nprint('written')", stdout_is("written\n"),
          host_path_absent("/run/lock/$mark"), needs=TMP),
     case("chmod_project", "import os\ntry:\n    os.chmod('$project', 0o777)\nexcept OSError as e:\n"
-         "    print(type(e).__name__)", stdout_is("PermissionError\n"), needs=PRIV),
+         "    print(type(e).__name__)", stdout_is(f"{REFUSAL[host_path_view(PROJECT, ISOLATION)]}\n"), needs=PRIV),
     case("read_root_only_file", "try:\n    print(open('/etc/shadow').read())\nexcept OSError as e:\n"
          "    print(type(e).__name__)", stdout_is("PermissionError\n"), needs=PRIV),
     case("read_world_readable_project_file", "print(open('$project/pyproject.toml').read()[:200])",
-         exits(0), says("[project]")),  # documented: world-readable files stay readable
+         *project_file_read()),  # documented: world-readable files stay readable where the code can reach them
     case("disk_fill_one_file", "open('big.bin', 'wb').write(b'x' * 100 * 2**20)", exits(1), says("File too large", "stderr")),
     case("disk_fill_many_files", "for i in range(100):\n    open(f'f{i}.bin', 'wb').write(b'x' * 3 * 2**20)",
          exits(1), says("No space left on device", "stderr"), needs=TMP),
@@ -367,6 +384,39 @@ def test_root_gets_full_isolation() -> None:
     assert ISOLATION == SandboxIsolation(
         drops_privileges=True, network_isolated=True, private_tmp=True, pid_namespace=True
     )
+
+
+SEEN = {"visible": "ok", "hidden": "FileNotFoundError", "unreachable": "PermissionError"}
+
+
+def test_host_path_view_is_what_the_code_sees() -> None:
+    """``host_path_view`` (what the tests above and docs/SANDBOX.md go by) against ``os.stat`` in a
+    real run: the checkout, a world-readable system file, a file in a mode-700 folder, a file under
+    the host's /tmp, and a neighbour of the interpreter under its non-traversable ancestor."""
+    locked = PROJECT / ".pytest_cache" / f"sandbox-view-{os.getpid()}" / "locked"
+    locked.mkdir(parents=True, exist_ok=True)
+    (locked / "file").write_text("x")
+    locked.chmod(0o700)
+    try:
+        with tempfile.NamedTemporaryFile(dir="/tmp") as in_tmp:
+            paths = [PROJECT / "pyproject.toml", Path("/etc/passwd"), locked / "file", Path(in_tmp.name)]
+            tops = {top for top in map(first_blocked_ancestor, exposed_paths()) if top}
+            paths += [Path(top) / name for top in sorted(tops) for name in sorted(os.listdir(top))[:1]
+                      if not any(e.startswith(f"{top}/{name}") for e in exposed_paths())]
+            code = ("import os\nfor p in %r:\n    try:\n        os.stat(p)\n        print('ok')\n"
+                    "    except OSError as e:\n        print(type(e).__name__)" % [str(p) for p in paths])
+            result = run_python(code, LIMITS)
+            expected = [SEEN[host_path_view(p, ISOLATION)] for p in paths]
+    finally:
+        locked.chmod(0o755)
+        (locked / "file").unlink()
+        locked.rmdir()
+        locked.parent.rmdir()
+    assert result.stdout.split() == expected, (paths, result)
+    if ISOLATION.private_tmp:  # the cases the view tells apart, where this machine has them
+        assert expected[3] == "FileNotFoundError"
+    if ISOLATION.drops_privileges and PROJECT_VIEW == "visible":
+        assert expected[2] == "PermissionError"
 
 
 def test_secret_in_real_parent_environ_is_not_readable(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@
 - :mod:`reinflow.sandbox.launch_config` and :mod:`reinflow.sandbox.launcher`: what the launcher is told,
   and its source (the launcher/reaper run in a fresh interpreter);
 - :mod:`reinflow.sandbox.processes`: per-run uids and the process sweeps;
+- :mod:`reinflow.sandbox.host_view`: what the code sees of a host path (the same file, none, or no way in);
 - :mod:`reinflow.sandbox.notebook_cell`: the notebook-style echo of a final bare expression;
 - :mod:`reinflow.sandbox.python_tool`: the ``execute_python_code`` AgentScope tool over it
   (imported on first use: it imports AgentScope).

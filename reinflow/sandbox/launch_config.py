@@ -15,7 +15,7 @@ from pathlib import Path
 
 from reinflow.sandbox.limits import SandboxIsolation, SandboxLimits
 
-__all__ = ["launcher_config", "real_interpreter"]
+__all__ = ["exposed_paths", "launcher_config", "real_interpreter"]
 
 NICE = 10
 """The code runs at this nice level, so it yields the CPU to the trainer."""
@@ -35,6 +35,12 @@ def real_interpreter() -> str:
     return os.path.realpath(sys.executable)
 
 
+def exposed_paths() -> list[str]:
+    """The interpreter's folders, made reachable for the run's uid wherever they are (the launcher
+    lays a tmpfs over their first non-traversable ancestor, holding bind mounts of just these)."""
+    return sorted({sys.base_prefix, os.path.dirname(real_interpreter())})
+
+
 def launcher_config(workdir: Path, uid: int | None, limits: SandboxLimits, isolation: SandboxIsolation) -> dict:
     """Everything the launcher needs, as JSON-able data."""
     cwd = "/tmp" if isolation.private_tmp else str(workdir)
@@ -45,7 +51,7 @@ def launcher_config(workdir: Path, uid: int | None, limits: SandboxLimits, isola
         "pid_namespace": isolation.pid_namespace,
         "kill_all": isolation.drops_privileges or isolation.pid_namespace,
         "workdir": str(workdir),
-        "expose": sorted({sys.base_prefix, os.path.dirname(interpreter)}),
+        "expose": exposed_paths(),
         "scratch_dirs": SCRATCH_DIRS,
         "nice": NICE,
         "tmpfs_options": f"size={limits.workdir_bytes},nr_inodes=4096,mode=0700"

@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from reinflow.sandbox import MIB, SandboxLimits, SandboxResult, probe_isolation, run_python
+from reinflow.sandbox.host_view import host_path_view
 
 PROMISE = "sandbox: hostile code contained, trainer unharmed"
 PROJECT = Path(__file__).resolve().parents[2]
@@ -27,6 +28,10 @@ LIMITS = SandboxLimits(wall_seconds=3, cpu_seconds=1, memory_bytes=256 * MIB, ma
                        output_bytes=16 * 1024, file_size_bytes=4 * MIB, workdir_bytes=16 * MIB, open_files=32)
 ISOLATION = probe_isolation()
 FULL = ISOLATION.drops_privileges and ISOLATION.network_isolated and ISOLATION.private_tmp and ISOLATION.pid_namespace
+REFUSAL = {"visible": "PermissionError", "unreachable": "PermissionError", "hidden": "FileNotFoundError"}
+"""What opening a host path the code may not use raises, by how the code sees it (``host_path_view``:
+a checkout under /tmp is hidden, one under a home folder of mode 700 or 750 unreachable)."""
+SECRET_DIR = PROJECT / ".pytest_cache" / f"reliability-secret-{os.getpid()}"
 pytestmark = pytest.mark.skipif(not FULL, reason=f"this machine's sandbox is weaker ({ISOLATION}): see docs/SANDBOX.md")
 
 
@@ -128,13 +133,14 @@ CASES = [
                                                                    nothing_on_host("$home/$mark")]),
     ("write_tmp", "open('/tmp/$mark', 'w').write('x')\nprint('wrote')", [says("wrote"), nothing_on_host("/tmp/$mark")]),
     ("write_project", attempt("open('$project/$mark', 'w').write('x')"),
-     [says("refused PermissionError"), nothing_on_host("$project/$mark")]),
+     [says(f"refused {REFUSAL[host_path_view(PROJECT / 'pyproject.toml', ISOLATION)]}"), nothing_on_host("$project/$mark")]),
     ("write_dev_shm", "open('/dev/shm/$mark', 'w').write('x')\nprint('wrote')",
      [says("wrote"), nothing_on_host("/dev/shm/$mark")]),
     ("read_parent_environ", attempt("import os\nprint(open(f'/proc/{os.getppid()}/environ').read())"),
      [says("refused PermissionError")]),
     ("read_trainer_environ_by_pid", attempt("print(open('/proc/$trainer_pid/environ').read())"), [says("refused")]),
-    ("read_planted_secret_file", attempt("print(open('$secret_file').read())"), [says("refused PermissionError")]),
+    ("read_planted_secret_file", attempt("print(open('$secret_file').read())"),
+     [says(f"refused {REFUSAL[host_path_view(SECRET_DIR, ISOLATION)]}")]),  # mode 600; hidden where the checkout is
     ("read_os_environ", "import os\nprint(sorted(os.environ), 'API' in str(os.environ))",
      [says("['HOME', 'LANG', 'PATH', 'TMPDIR'] False")]),
     ("tcp_connect_loopback", attempt("import socket\nsocket.create_connection(('127.0.0.1', $tcp_port), timeout=1)\n"
@@ -187,7 +193,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
     udp.setblocking(False)
-    secret_dir = PROJECT / ".pytest_cache" / f"reliability-secret-{os.getpid()}"
+    secret_dir = SECRET_DIR
     secret_dir.mkdir(parents=True, exist_ok=True)
     secret_file = secret_dir / "token.txt"
     secret_file.write_text(SECRET)
