@@ -11,6 +11,7 @@ so ``reinflow --help`` stays fast) and the library; nothing below imports it.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 from pathlib import Path
@@ -256,9 +257,12 @@ def _prepare_data_if_missing(data: DataConfig) -> None:
 
 
 def _start_logview(runs_dir: Path) -> None:
-    from reinflow.logview.background import ensure_background_logview
+    """The background logview, ended with this command if it is killed, kept (released) if it ends by itself."""
+    from reinflow.logview.background import ensure_background_logview, release_background_logview
 
     url, started = ensure_background_logview(Path.cwd(), runs_dir)
+    if started:
+        atexit.register(release_background_logview, Path.cwd(), runs_dir)
     state = "started" if started else "already running"
     out.print(f"logview: {url} ({state}; `reinflow stop` ends it)", highlight=False)
 

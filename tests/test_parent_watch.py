@@ -84,3 +84,35 @@ def test_prefect_sees_a_subprocess_module_whose_popen_runs_python_m_under_the_wa
     shim.Popen(["py", "-m", "uvicorn", "--factory", "x:y"], env={"A": "1"})
     assert started == [(["py", "-m", "reinflow.run.parent_watch", "4242", "uvicorn", "--factory", "x:y"], {"env": {"A": "1"}})]
     assert shim.TimeoutExpired is subprocess.TimeoutExpired and shim.PIPE == subprocess.PIPE
+
+
+RELEASING_PARENT = textwrap.dedent("""
+    import os, subprocess, sys, time
+    from reinflow.run import parent_watch
+    child = subprocess.Popen(parent_watch.command([sys.executable, "-m", sys.argv[1]], os.getpid()))
+    print(child.pid, flush=True)
+    time.sleep(1.5)  # the watcher is up
+    assert parent_watch.watched_parent(["x", "-m", parent_watch.MODULE, str(os.getpid()), sys.argv[1]]) == os.getpid()
+    parent_watch.release(child.pid)
+    time.sleep(0.5)
+    os.kill(os.getpid(), 9)  # as SIGKILLed as it gets: the released child stays
+""")
+
+
+def test_a_released_child_outlives_its_parent(env, tmp_path):
+    parent = subprocess.Popen([sys.executable, "-c", RELEASING_PARENT, "polite"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, text=True)
+    child = psutil.Process(int(parent.stdout.readline()))
+    try:
+        assert parent.wait(timeout=60) == -signal.SIGKILL
+        time.sleep(2 * parent_watch.POLL_SECONDS + 2)
+        assert not gone(child), "a released child ended with its parent"
+    finally:
+        if not gone(child):
+            child.kill()
+
+
+def test_watched_parent_reads_only_watched_command_lines():
+    assert parent_watch.watched_parent(parent_watch.command(["py", "-m", "reinflow.logview", "--x"], 42)) == 42
+    assert parent_watch.watched_parent(["py", "-m", "reinflow.logview", "42"]) is None
+    assert parent_watch.watched_parent(["py"]) is None

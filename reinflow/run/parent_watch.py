@@ -7,6 +7,11 @@ the parent dies, even of SIGKILL, the kernel hands its children to another paren
 subreaper): the thread then sends SIGTERM to this process (the module's own clean shutdown, e.g.
 uvicorn's) and, if it is still there :data:`GRACE_SECONDS` later, exits outright.
 
+The parent may *release* the child (:func:`release`, signal :data:`RELEASE_SIGNAL`): from then on
+the watcher stops and the child outlives its parent. ``reinflow train --with-logview`` does this
+when it ends by itself, so that the logview stays for browsing until ``reinflow stop``; a SIGKILLed
+command releases nothing, and its logview ends with it.
+
 ``prctl(PR_SET_PDEATHSIG)`` would be shorter, but it fires when the *thread* that started the child
 ends, not the process, and a library may start its child from a short-lived thread.
 """
@@ -24,6 +29,10 @@ POLL_SECONDS = 0.5
 """How often the watcher asks who the parent is."""
 GRACE_SECONDS = 5.0
 """How long the module may take to shut down after SIGTERM before the process exits outright."""
+RELEASE_SIGNAL = signal.SIGUSR1
+"""What the parent sends to let the child outlive it (:func:`release`)."""
+MODULE = "reinflow.run.parent_watch"
+"""The module name to look for in a watched child's command line."""
 
 
 def command(args: list[str], parent: int) -> list[str]:
@@ -31,13 +40,31 @@ def command(args: list[str], parent: int) -> list[str]:
     command is returned unchanged (only ``-m`` commands can be wrapped this way)."""
     if len(args) < 3 or args[1] != "-m":
         return list(args)
-    return [args[0], "-m", __name__, str(parent), *args[2:]]
+    return [args[0], "-m", MODULE, str(parent), *args[2:]]
 
 
-def watch(parent: int, poll_seconds: float = POLL_SECONDS, grace_seconds: float = GRACE_SECONDS) -> None:
-    """Block until this process is no longer ``parent``'s child, then end it (SIGTERM, then exit)."""
-    while os.getppid() == parent:
+def watched_parent(cmdline: list[str]) -> int | None:
+    """The parent pid a child started by :func:`command` watches, read from its command line; None
+    for any other command line."""
+    if len(cmdline) < 4 or cmdline[1:3] != ["-m", MODULE] or not cmdline[3].isdigit():
+        return None
+    return int(cmdline[3])
+
+
+def release(pid: int) -> None:
+    """Let the watched child ``pid`` outlive its parent (check first that ``pid`` is that child)."""
+    os.kill(pid, RELEASE_SIGNAL)
+
+
+def watch(parent: int, poll_seconds: float = POLL_SECONDS, grace_seconds: float = GRACE_SECONDS,
+          released: threading.Event | None = None) -> None:
+    """Block until this process is no longer ``parent``'s child, then end it (SIGTERM, then exit);
+    return without ending it once ``released`` is set."""
+    released = released or threading.Event()
+    while os.getppid() == parent and not released.is_set():
         time.sleep(poll_seconds)
+    if released.is_set():
+        return
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(grace_seconds)
     os._exit(1)
@@ -46,7 +73,10 @@ def watch(parent: int, poll_seconds: float = POLL_SECONDS, grace_seconds: float 
 def main(argv: list[str]) -> None:
     """``<parent pid> <module> [args...]``: watch the parent, run the module as ``__main__``."""
     parent, module, *rest = argv
-    threading.Thread(target=watch, args=(int(parent),), name="parent-watch", daemon=True).start()
+    released = threading.Event()
+    signal.signal(RELEASE_SIGNAL, lambda *_: released.set())
+    threading.Thread(target=watch, args=(int(parent),), kwargs={"released": released}, name="parent-watch",
+                     daemon=True).start()
     sys.argv = [module, *rest]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

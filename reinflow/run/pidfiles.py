@@ -83,6 +83,15 @@ def records(project_root: Path) -> list[PidRecord]:
     return found
 
 
+def sweep(project_root: Path) -> list[PidRecord]:
+    """Remove the pid files whose process has ended (or whose pid now runs something else), signalling
+    nothing; returns their records. Run before starting a background process."""
+    stale = [record for record in records(project_root) if not is_alive(record)]
+    for record in stale:
+        (pid_dir(project_root) / f"{record.name}.pid").unlink(missing_ok=True)
+    return stale
+
+
 def is_alive(record: PidRecord) -> bool:
     """True when the record's pid is running the recorded command, started at the recorded time."""
     try:
