@@ -3,8 +3,9 @@
 - **Connecting.** ``init_ray`` joins the Ray this process should use: one already initialised here
   (a user's own ``ray.init``) as it is; else the cluster at ``train.ray_address`` or
   ``$RAY_ADDRESS`` (``cluster_address``); else a private, quiet local instance (no dashboard,
-  worker logs not forwarded, Ray's own logging at ERROR). It says whether it connected, so that
-  the caller's ``shutdown_ray`` undoes only what it did.
+  worker logs not forwarded, Ray's own logging at ERROR), with a ``ray_reaper`` child so that none
+  of its processes outlives a SIGKILLed driver. It says whether it connected, so that the caller's
+  ``shutdown_ray`` undoes only what it did.
 - **Placing.** ``reserve_bundles`` asks for one placement group, one bundle per actor, with the
   strategy ``placement_strategy`` resolves: the caller's, else ``$REINFLOW_RAY_PLACEMENT``, else
   ``SPREAD`` (actors on different nodes of a cluster, as evenly as Ray can; on one machine all
@@ -31,6 +32,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from reinflow.distributed import ray_reaper
 from reinflow.errors import one_line
 from reinflow.faults import CRASH_ENV
 
@@ -46,6 +48,8 @@ FORWARDED_ENV = ("OMP_WAIT_POLICY", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", 
 """Environment variables the driver hands to its actors (where set here), so that they also reach
 actors on other nodes of a cluster. ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (spinning OpenMP
 threads are 3-6x slower on a small CPU)."""
+REAPERS: list = []
+"""The ``ray_reaper`` child of the local Ray this process started (``init_ray``), ended by ``shutdown_ray``."""
 
 
 # ----------------------------------------------------------------------------- connecting
@@ -75,6 +79,7 @@ def init_ray(cpus_needed: float = 0, address: str | None = None) -> bool:
         return True
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=False,
              **quiet)
+    REAPERS.append(ray_reaper.start(os.path.dirname(ray.__file__)))  # its agents end with this process too
     return True
 
 
@@ -85,6 +90,10 @@ def shutdown_ray(started_ray: bool) -> None:
 
     if started_ray and ray.is_initialized():
         ray.shutdown()
+    while started_ray and REAPERS:
+        reaper = REAPERS.pop()
+        reaper.terminate()
+        reaper.wait(timeout=30)
 
 
 # ----------------------------------------------------------------------------- placing
