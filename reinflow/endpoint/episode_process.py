@@ -4,7 +4,9 @@ The process starts in its own session (process group), so ending it ends what it
 Its output is read as it comes and only the last ``max_output_bytes`` of stdout and of stderr are
 kept: a chatty agent cannot fill the trainer's memory. When the episode is cancelled (the rollout's
 episode timeout), the whole group is killed before the cancellation goes on: a hanging agent
-ends as a timed-out episode, never a stray process.
+ends as a timed-out episode, never a stray process. When the process exits, what it left running
+is killed as well (a background child holding its stdout open would otherwise hold the episode
+until its timeout).
 
 The result line (:class:`CommandResult`)::
 
@@ -30,6 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reinflow.errors import one_line
 from reinflow.rollout.workflow import Task
+
+EXIT_POLL_SECONDS = 0.05
+"""How often a running process is checked for its exit (its output pipes may outlive it)."""
 
 
 class CommandFailed(Exception):
@@ -76,20 +81,45 @@ class ProcessOutput:
 async def run_process(command: Sequence[str], stdin: bytes, env: Mapping[str, str], cwd: Path,
                       max_output_bytes: int) -> ProcessOutput:
     """Run ``command`` to its end (see the module docstring); cancelling kills its process group."""
-    process = await asyncio.create_subprocess_exec(
-        *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=dict(env), cwd=cwd, start_new_session=True,
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=dict(env), cwd=cwd, start_new_session=True,
+        )
+    except OSError as error:
+        raise CommandFailed(start_failure(command[0], cwd, error)) from None
+    readers = asyncio.gather(
+        _feed(process.stdin, stdin), _tail(process.stdout, max_output_bytes), _tail(process.stderr, max_output_bytes)
     )
     try:
-        _, stdout, stderr = await asyncio.gather(
-            _feed(process.stdin, stdin), _tail(process.stdout, max_output_bytes), _tail(process.stderr, max_output_bytes)
-        )
+        while process.returncode is None and not readers.done():
+            await asyncio.wait({readers}, timeout=EXIT_POLL_SECONDS)
+        # Once the process has exited, what it left running (which may hold its stdout open) ends too.
+        _kill_group(process.pid)
+        _, stdout, stderr = await readers
         returncode = await process.wait()
     finally:
-        _kill_group(process.pid)  # what the process left running; and all of it when cancelled
+        _kill_group(process.pid)  # all of it when cancelled
+        readers.cancel()
         if process.returncode is None:
             await asyncio.shield(process.wait())
     return ProcessOutput(returncode, stdout, stderr)
+
+
+def start_failure(program: str, cwd: Path, error: OSError) -> str:
+    """Why the process could not start, in one line (the program gone or changed after the preflight).
+
+    >>> start_failure("my-agent", Path("/project"), FileNotFoundError(2, "No such file or directory"))
+    'workflow_command `my-agent` could not start: not found (a bare name is looked up on $PATH)'
+    """
+    if isinstance(error, FileNotFoundError):
+        where = f"a path is taken from the project root {cwd}" if "/" in program else "a bare name is looked up on $PATH"
+        why = f"not found ({where})"
+    elif isinstance(error, PermissionError):
+        why = "not executable (a folder, or a file without the x bit: chmod +x it or name its interpreter first)"
+    else:
+        why = one_line(error)
+    return f"workflow_command `{program}` could not start: {why}"
 
 
 async def _feed(stream: asyncio.StreamWriter | None, data: bytes) -> None:
@@ -137,6 +167,9 @@ def parse_result(output: ProcessOutput, program: str) -> CommandResult:
     except json.JSONDecodeError as error:
         raise CommandFailed(f"workflow_command `{program}`: the last line of stdout is not JSON ({error}): "
                             f"{line[:200]!r}") from None
+    except RecursionError:
+        raise CommandFailed(f"workflow_command `{program}`: the last line of stdout is not JSON (nested too deep "
+                            f"to decode): {line[:200]!r}") from None
     except ValidationError as error:
         raise CommandFailed(f"workflow_command `{program}`: bad result line: {one_line(error)}; "
                             f"{_first_problem(error)}") from None

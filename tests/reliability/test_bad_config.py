@@ -72,6 +72,11 @@ def setting(*pairs: tuple[str, object]):
 DELETE = object()
 
 
+def command(argv: list[str]):
+    """A mutation that runs ``argv`` per episode (``rollout.workflow_command``) instead of the workflow class."""
+    return setting(("rollout.workflow", DELETE), ("rollout.workflow_command", argv))
+
+
 def missing_dataset(config: dict, root: Path) -> None:
     config["data"]["source"]["files"]["train"] = str(root / "gone.jsonl")
 
@@ -126,6 +131,21 @@ ROWS = [
     ("judge_abstract", setting(("judge.protocol", "relplug_classes->AbstractJudge")),
      ["bad.yaml: judge.protocol:", "class AbstractJudge does not implement compute_reward"]),
     ("judge_path_malformed", setting(("judge.protocol", "judges/math_answer.py")), ["bad.yaml: judge.protocol:", "pattern"]),
+    ("workflow_command_not_on_path", command(["no-such-agent", "--fast"]),
+     ["bad.yaml: rollout.workflow_command: 'no-such-agent' is not on $PATH"]),
+    ("workflow_command_file_missing", command(["./agents/no_such_agent.py"]),
+     ["bad.yaml: rollout.workflow_command: no executable file", "no_such_agent.py"]),
+    ("workflow_command_not_executable", command(["./tasks.jsonl"]),
+     ["bad.yaml: rollout.workflow_command: no executable file", "tasks.jsonl"]),
+    ("workflow_command_empty", command([]), ["bad.yaml: rollout.workflow_command:", "at least 1 item"]),
+    ("workflow_and_workflow_command", setting(("rollout.workflow_command", ["python", "agent.py"])),
+     ["bad.yaml: rollout:", "set exactly one of workflow", "workflow and workflow_command is set"]),
+    ("warmup_demonstrations_missing", setting(("warmup", {"demonstrations": "demos/none.jsonl"})),
+     ["bad.yaml: warmup.demonstrations: no such file:", "none.jsonl"]),
+    ("warmup_demonstrations_wrong_suffix", setting(("warmup", {"demonstrations": "tasks.csv"})),
+     ["bad.yaml: warmup:", "'tasks.csv' must end in .jsonl or .parquet"]),
+    ("warmup_from_run_missing", setting(("warmup", {"from_run": "runs/old/none"})),
+     ["bad.yaml: warmup.from_run: no such run folder or judged file:", "none"]),
 ]
 
 
@@ -161,7 +181,9 @@ def test_the_base_config_is_valid(project: Path) -> None:
 
 
 @pytest.mark.reliability(PROMISE, tried="unknown/missing keys, wrong types, out-of-range values, impossible "
-                                        "combinations, missing files, unimportable or incomplete workflow/judge classes")
+                                        "combinations, missing files, unimportable or incomplete workflow/judge classes, "
+                                        "a workflow_command that is not on $PATH, missing, not executable or empty, "
+                                        "a missing or misnamed warm-start demonstrations file or earlier run")
 @pytest.mark.parametrize(("mutate", "fragments"), [row[1:] for row in ROWS], ids=[row[0] for row in ROWS])
 def test_broken_config_is_one_line(project: Path, mutate, fragments: list[str]) -> None:
     config = copy.deepcopy(base_config(project))
