@@ -15,8 +15,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.api_retries import ride_out_api_outages
 from flows.prepare_data import prepare_data
-from reinflow.config import load_config
+from reinflow.config import ExperimentConfig, load_config
 from reinflow.faults import crash_point
 from reinflow.run.artifacts import log_config, log_final_policy, log_reward_curve, log_trajectory_sample
 from reinflow.run.run_state import new_run, run_to_resume
@@ -39,6 +40,12 @@ def train(config_path: str, overrides: list[str] | None = None, resume: str | No
     """Train the policy of ``config_path`` (``resume``: a run name, or ``"latest"``)."""
     root = Path(project_root).resolve()
     config = load_config(root / config_path, overrides or [])
+    with ride_out_api_outages(config.tracking.prefect_retry_seconds):
+        return train_run(config, root, resume)
+
+
+def train_run(config: ExperimentConfig, root: Path, resume: str | None) -> dict[str, Any]:
+    """The body of :func:`train`: a new or resumed run, iteration after iteration."""
     run_dir, info = run_to_resume(config, root, None if resume == "latest" else resume) if resume else new_run(config, root)
     prepare_data(config.data, project_root=str(root))
     session = open_session(config, root, run_dir, info)

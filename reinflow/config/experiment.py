@@ -317,6 +317,12 @@ class TrackingConfig(Section):
     experiment: str | None = Field(None, description="MLflow experiment name (default: the config's `experiment`).")
     run_dir: Path = Field(Path("runs"), description="Folder for rollouts, judged files and checkpoints of each run.")
     trajectories_per_iteration: int = Field(8, ge=1, le=100_000, description="Episodes per iteration kept in trajectories/iter_N.jsonl.")
+    prefect_retry_seconds: float = Field(
+        60.0, ge=0, le=3600,
+        description="How long a training run rides out an unreachable or failing Prefect API (a server restart: "
+        "refused connections, 5xx, 429): its requests are retried with exponential back-off for about this long "
+        "before the run fails. 0: Prefect's own client settings.",
+    )
 
 
 class ExperimentConfig(Section):
