@@ -4,12 +4,22 @@ SHELL := /bin/bash
 # the CLI, the flows and tests/conftest.py apply them.
 PYTEST_ARGS ?=
 
-.PHONY: setup train test test-slow reliability-report clean
+.PHONY: setup train train-quickstart demonstrations test test-slow reliability-report clean
 setup:
 	@bash scripts/setup.sh
 
-# The main job: the embedded default training run (configs/quickstart.yaml), CPU, offline.
-train: setup
+# The main job: the tool-using math agent (configs/calculator_agent.yaml), CPU, offline: a warm
+# start on the scripted solver's demonstrations, then GRPO on held-out-style multiplications.
+DEMONSTRATIONS := data/calculator_agent/demonstrations.jsonl
+train: setup $(DEMONSTRATIONS)
+	.venv/bin/reinflow train --conf configs/calculator_agent.yaml
+
+# The warm start's demonstrations (sums and differences: the form, not the task), written once.
+demonstrations $(DEMONSTRATIONS): | setup
+	@test -s $(DEMONSTRATIONS) || .venv/bin/python -m agents.math_demonstrations $(DEMONSTRATIONS)
+
+# The fast one-call job (no tools): configs/quickstart.yaml.
+train-quickstart: setup
 	.venv/bin/reinflow train --conf configs/quickstart.yaml
 
 # The fast suite (well under 15 minutes on 2 cores).
@@ -26,4 +36,4 @@ reliability-report: setup
 	REINFLOW_RELIABILITY_REPORT=docs/RELIABILITY.md .venv/bin/python -m pytest $(RELIABILITY_TESTS) -m "reliability" $(PYTEST_ARGS)
 
 clean:
-	rm -rf .venv data/quickstart runs .prefect-results
+	rm -rf .venv data/quickstart data/calculator_agent runs .prefect-results
