@@ -4,9 +4,12 @@ SHELL := /bin/bash
 # the CLI, the flows and tests/conftest.py apply them.
 PYTEST_ARGS ?=
 
-.PHONY: setup train train-quickstart demonstrations test test-slow reliability-report clean
+# GPU=1: also install vLLM from the GPU lock (constraints-gpu.txt), for `rollout.engine: vllm`.
+GPU ?= 0
+
+.PHONY: setup train train-quickstart demonstrations test test-slow reliability-report clean vllm-cpu-env test-vllm check-gpu-lock
 setup:
-	@bash scripts/setup.sh
+	@GPU=$(GPU) bash scripts/setup.sh
 
 # The main job: the tool-using math agent (configs/calculator_agent.yaml), CPU, offline: a warm
 # start on the scripted solver's demonstrations, then GRPO on held-out-style multiplications.
@@ -35,5 +38,19 @@ RELIABILITY_TESTS ?= tests/reliability
 reliability-report: setup
 	REINFLOW_RELIABILITY_REPORT=docs/RELIABILITY.md .venv/bin/python -m pytest $(RELIABILITY_TESTS) -m "reliability" $(PYTEST_ARGS)
 
+# The GPU lock resolves against the registry (a dry run: nothing installed; the registry's CUDA torch,
+# not this machine's CPU build), and pins everything it would install. A pin change that breaks
+# `make setup GPU=1` fails here (scripts/check_gpu_lock.py; about 30 s).
+check-gpu-lock: setup
+	.venv/bin/python scripts/check_gpu_lock.py
+
+# vLLM's CPU build in a second environment (.venv-vllm/, built once), and the vLLM engine tests there
+# (weights synced in memory, LoRA versions, a 2-iteration `reinflow train` on rollout.engine=vllm).
+vllm-cpu-env:
+	@bash scripts/vllm_cpu_env.sh
+
+test-vllm: vllm-cpu-env
+	.venv-vllm/bin/python -m pytest tests/test_vllm_engine.py $(PYTEST_ARGS)
+
 clean:
-	rm -rf .venv data/quickstart data/calculator_agent runs .prefect-results
+	rm -rf .venv .venv-vllm data/quickstart data/calculator_agent runs .prefect-results

@@ -22,6 +22,7 @@ from reinflow.run.rollout_runtime import build_runtime
 from reinflow.run.run_state import experiment_dir
 from reinflow.run.session import load_checkpoint_weights
 from tasks.evaluate import evaluate as evaluate_task
+from tasks.live import live
 
 
 @flow(name="evaluate")
@@ -38,8 +39,9 @@ def evaluate(config_path: str, overrides: list[str] | None = None, checkpoint: s
     try:
         if path is not None:
             load_checkpoint_weights(runtime, config, path)
-        metrics = evaluate_task(runtime, load_judge(config.judge, root), str(root / config.data.path), str(output),
-                                pass_k or config.train.eval_pass_k, label=Path(source).name)
+        with live(runtime=runtime, judge=load_judge(config.judge, root)):
+            metrics = evaluate_task(str(root / config.data.path), str(output), pass_k or config.train.eval_pass_k,
+                                    label=Path(source).name)
     finally:
         runtime.close()
     return {"evaluated": source, "output": str(output), **metrics}

@@ -1,9 +1,12 @@
 """The training flow: prepare data → warm start (if configured) → baseline evaluation → iterations
 of rollout → judge → update → (every k) evaluate → metrics → checkpoint.
 
-Each iteration is its own subflow run, ``iter-N``. Tasks pass file paths, not big objects. Rollout
-and judge results are cached on their inputs, so a re-run of a failed iteration reuses what
-finished; the policy, cursor and iteration come back from the last complete checkpoint.
+Each iteration is its own subflow run, ``iter-N``. Tasks pass file paths, not big objects, and no
+flow or task takes a live object (session, engine, policy, judge) as a parameter: the train flow
+opens its session with ``tasks.live.live`` and the subflow and tasks reach it there, as Prefect may
+copy or serialise whatever is a parameter. Rollout and judge results are cached on their inputs,
+so a re-run of a failed iteration reuses what finished; the policy, cursor and iteration come back
+from the last complete checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from reinflow.run.warmup import warm_start_needed
 from tasks.checkpoint import checkpoint
 from tasks.evaluate import evaluate
 from tasks.judge import judge
+from tasks.live import live, live_session
 from tasks.rollout import rollout
 from tasks.update import update
 from tasks.warmup import warmup
@@ -54,33 +58,36 @@ def train_run(config: ExperimentConfig, root: Path, resume: str | None) -> dict[
         info.save(run_dir)
         log_config(session)
     try:
-        if session.iteration == 0:
-            seconds: dict[str, float] = {}
-            if warm_start_needed(session):  # done once: it ends with checkpoint iter_0
-                with timed(seconds, "warmup"):
-                    warmup(session)
-            with timed(seconds, "evaluate"):
-                baseline = evaluate_iteration(session, 0)
-            log_iteration(session.client, info.mlflow_run_id, 0, baseline | seconds)
-        for iteration in range(session.iteration + 1, config.train.iterations + 1):
-            train_iteration(session, iteration, flow_run_name=f"iter-{iteration}")
-        return finish(session)
+        with live(session=session):
+            if session.iteration == 0:
+                seconds: dict[str, float] = {}
+                if warm_start_needed(session):  # done once: it ends with checkpoint iter_0
+                    with timed(seconds, "warmup"):
+                        warmup(str(run_dir))
+                with timed(seconds, "evaluate"):
+                    baseline = evaluate_iteration(session, 0)
+                log_iteration(session.client, info.mlflow_run_id, 0, baseline | seconds)
+            for iteration in range(session.iteration + 1, config.train.iterations + 1):
+                train_iteration(str(run_dir), iteration, flow_run_name=f"iter-{iteration}")
+            return finish(session)
     finally:
         close_session(session)
 
 
-@flow(name="train-iteration", flow_run_name="{flow_run_name}", validate_parameters=False)  # a live session
-def train_iteration(session: TrainingSession, iteration: int, flow_run_name: str) -> dict[str, float]:
-    """One GRPO iteration; returns its metrics (also logged to MLflow at step ``iteration``)."""
-    config, config_dict, run_dir = session.config, session.config.model_dump(mode="json"), str(session.run_dir)
+@flow(name="train-iteration", flow_run_name="{flow_run_name}")
+def train_iteration(run_dir: str, iteration: int, flow_run_name: str) -> dict[str, float]:
+    """One GRPO iteration of the live session of the run in ``run_dir`` (``tasks.live``); returns its
+    metrics (also logged to MLflow at step ``iteration``)."""
+    session = live_session(run_dir)
+    config, config_dict = session.config, session.config.model_dump(mode="json")
     seconds: dict[str, float] = {}
     with timed(seconds, "iteration"):
         with timed(seconds, "rollout"):
-            rolled = rollout(session.runtime, config_dict, str(session.project_root), run_dir, iteration, session.cursor)
+            rolled = rollout(config_dict, str(session.project_root), run_dir, iteration, session.cursor)
         with timed(seconds, "judge"):
-            judged = judge(session.judge, config_dict, run_dir, iteration, rolled["path"])
+            judged = judge(config_dict, run_dir, iteration, rolled["path"])
         with timed(seconds, "update"):
-            updated = update(session, iteration, judged["path"])
+            updated = update(run_dir, iteration, judged["path"])
         metrics = {**rolled["metrics"], **judged["metrics"], **updated}
         log_trajectory_sample(session, iteration, Path(judged["path"]))
         session.cursor, session.iteration = rolled["next_cursor"], iteration
@@ -93,7 +100,7 @@ def train_iteration(session: TrainingSession, iteration: int, flow_run_name: str
         crash_point("tracking", iteration)
         if iteration % config.train.checkpoint_interval == 0 or iteration == config.train.iterations:
             with timed(seconds, "checkpoint"):
-                checkpoint(session, iteration, session.cursor)
+                checkpoint(run_dir, iteration, session.cursor)
             log_metric(session.client, session.info.mlflow_run_id, iteration, "seconds/checkpoint",
                        seconds["seconds/checkpoint"])
     log_metric(session.client, session.info.mlflow_run_id, iteration, "seconds/iteration", seconds["seconds/iteration"])
@@ -105,7 +112,7 @@ def train_iteration(session: TrainingSession, iteration: int, flow_run_name: str
 def evaluate_iteration(session: TrainingSession, iteration: int) -> dict[str, float]:
     """Held-out evaluation of the current weights into ``<run>/eval/iter_N/``; metrics prefixed ``eval/``."""
     output = session.run_dir / "eval" / f"iter_{iteration}"
-    metrics = evaluate(session.runtime, session.judge, str(session.project_root / session.config.data.path), str(output),
+    metrics = evaluate(str(session.project_root / session.config.data.path), str(output),
                        session.config.train.eval_pass_k, label=f"iter-{iteration}")
     return {f"eval/{key}": value for key, value in metrics.items()}
 

@@ -7,17 +7,17 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from reinflow.judging.judge import Judge
 from reinflow.run.evaluation import evaluate_policy
-from reinflow.run.rollout_runtime import RolloutRuntime
+from tasks.live import live_objects
 from tasks.progress import stage_progress
 
 
 @task(name="evaluate", task_run_name="evaluate-{label}", cache_policy=NO_CACHE)
-def evaluate(runtime: RolloutRuntime, judge: Judge, data_path: str, output_dir: str, pass_k: int,
-             label: str) -> dict[str, float]:
-    """Evaluate into ``output_dir``; returns ``pass_at_1``, its interval and ``pass_at_k``
-    (``label`` names the task run: ``iter-3``, a checkpoint's folder name)."""
+def evaluate(data_path: str, output_dir: str, pass_k: int, label: str) -> dict[str, float]:
+    """Evaluate the live runtime's weights with the live judge (``tasks.live``) into ``output_dir``;
+    returns ``pass_at_1``, its interval and ``pass_at_k`` (``label`` names the task run: ``iter-3``,
+    a checkpoint's folder name)."""
+    runtime, judge = live_objects().runtime, live_objects().judge
     config = runtime.config
     episodes = config.data.eval_tasks * (1 + pass_k if pass_k > 1 else 1)
     with stage_progress(f"evaluate {label}", episodes) as advance:

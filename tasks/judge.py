@@ -11,18 +11,18 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from reinflow.config import ExperimentConfig
 from reinflow.faults import crash_point
-from reinflow.judging.judge import Judge
 from reinflow.judging.judge_rollouts import judge_rollout_file
+from tasks.live import live_objects
 from tasks.progress import stage_progress
 
 
 @task(name="judge", task_run_name="judge-iter-{iteration}", persist_result=True,
-      cache_policy=(INPUTS - "judge_object") + TASK_SOURCE)
-def judge(judge_object: Judge, config: dict[str, Any], run_dir: str, iteration: int, rollout_path: str) -> dict[str, Any]:
-    """Judge every episode (bounded concurrency, errors isolated); return ``{"path", "metrics"}``.
-
-    ``judge_object`` is the run's judge (built once per run); the cache key is the config, the run
-    folder, the iteration and the rollout file's path."""
+      cache_policy=INPUTS + TASK_SOURCE)
+def judge(config: dict[str, Any], run_dir: str, iteration: int, rollout_path: str) -> dict[str, Any]:
+    """Judge every episode with the run's live judge (``tasks.live``; built once per run), bounded
+    concurrency, errors isolated; return ``{"path", "metrics"}``. The cache key is the config, the
+    run folder, the iteration and the rollout file's path."""
+    judge_object = live_objects().judge
     experiment = ExperimentConfig.model_validate(config)
     output = Path(run_dir) / "judged" / f"iter_{iteration}.parquet"
     with stage_progress(f"judge iter {iteration}", pq.ParquetFile(rollout_path).metadata.num_rows) as advance:

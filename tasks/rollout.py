@@ -10,20 +10,22 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from reinflow.config import ExperimentConfig
 from reinflow.faults import crash_point
-from reinflow.run.rollout_runtime import RolloutRuntime, rollout_iteration
+from reinflow.run.rollout_runtime import rollout_iteration
+from tasks.live import live_objects
 from tasks.progress import stage_progress
 
 
 @task(name="rollout", task_run_name="rollout-iter-{iteration}", persist_result=True,
-      cache_policy=(INPUTS - "runtime") + TASK_SOURCE)
-def rollout(runtime: RolloutRuntime, config: dict[str, Any], project_root: str, run_dir: str, iteration: int,
-            cursor: int) -> dict[str, Any]:
-    """Run ``group_size`` episodes for each of the next tasks from ``cursor`` on ``runtime``.
+      cache_policy=INPUTS + TASK_SOURCE)
+def rollout(config: dict[str, Any], project_root: str, run_dir: str, iteration: int, cursor: int) -> dict[str, Any]:
+    """Run ``group_size`` episodes for each of the next tasks from ``cursor`` on the live runtime
+    (``tasks.live``: engine, workflow).
 
     Returns ``{"path", "next_cursor", "metrics"}``. The cache key is ``config`` (the validated
-    config as a dict), the folders, the iteration and the cursor; the runtime (engine, workflow)
-    is left out of it: it is what runs the episodes, not what they are.
+    config as a dict), the folders, the iteration and the cursor; the runtime is not a parameter:
+    it is what runs the episodes, not what they are.
     """
+    runtime = live_objects().runtime
     experiment = ExperimentConfig.model_validate(config)
     root = Path(project_root)
     output = Path(run_dir) / "rollouts" / f"iter_{iteration}.parquet"

@@ -9,15 +9,17 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from reinflow.faults import crash_point
-from reinflow.run.session import TrainingSession, update_policy
+from reinflow.run.session import update_policy
+from tasks.live import live_session
 from tasks.progress import count_progress
 
 
 @task(name="update", task_run_name="update-iter-{iteration}", cache_policy=NO_CACHE)
-def update(session: TrainingSession, iteration: int, judged_path: str) -> dict[str, Any]:
-    """Not cached: it changes the in-memory policy (a resumed run restores it from a checkpoint)."""
+def update(run_dir: str, iteration: int, judged_path: str) -> dict[str, Any]:
+    """Update the live session's policy of the run in ``run_dir`` (``tasks.live``). Not cached: it
+    changes the in-memory policy (a resumed run restores it from a checkpoint)."""
     with count_progress(f"update iter {iteration}") as on_progress:
-        metrics = update_policy(session, Path(judged_path), on_progress)
+        metrics = update_policy(live_session(run_dir), Path(judged_path), on_progress)
     crash_point("update", iteration)
     get_run_logger().info(
         "iteration %d: loss %.4f, grad norm %.3f, %d trained tokens, mismatch %.2e",

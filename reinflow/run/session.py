@@ -1,8 +1,9 @@
 """The live objects of one training run in this process: engine, policy trainer(s), judge, tracking.
 
-The train flow opens a :class:`TrainingSession` and passes it down to the iteration subflow and
-its tasks; cached tasks leave it out of their cache key (``tasks/``), so the model stays in memory
-across iterations while cache keys stay small. Closing the session releases the engine and policy.
+The train flow opens a :class:`TrainingSession` and makes it the live session of its flow run; the
+iteration subflow and its tasks reach it there (``tasks/live.py``), never as a Prefect parameter, so
+the model stays in memory across iterations, is never copied or serialised, and cache keys stay
+small. Closing the session releases the engine and policy.
 """
 
 from __future__ import annotations
