@@ -43,6 +43,7 @@ from safetensors.torch import load_file, save_file
 from reinflow.errors import ReinflowError, RunInterrupted
 from reinflow.faults import crash_point
 from reinflow.run.checkpoint_files import COMPLETE
+from reinflow.run.owner import pid_exists
 
 WEIGHTS = "weights.safetensors"
 TRAINER_STATE = "trainer_state.pt"
@@ -246,12 +247,4 @@ def _remove_leftovers(root: Path) -> None:
 
 def _alive(pid: int) -> bool:
     """Whether a process with this id runs (our own counts as gone: we start afresh)."""
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid != os.getpid() and pid_exists(pid)
