@@ -14,14 +14,17 @@ STATUS_STYLES = {"running": "cyan", "finished": "green", "crashed": "bold red"}
 
 
 def runs_table(rows: list[RunRow]) -> Table:
-    """One line per run: experiment, run, status, iteration reached of total, newest held-out pass@1."""
+    """One line per run: experiment, run, status, iteration reached of total, newest complete
+    checkpoint, newest held-out pass@1 and its iteration."""
     table = Table(show_edge=False, pad_edge=False, highlight=False)
-    for column in ("experiment", "run", "status", "iteration", "checkpoint", "held-out pass@1"):
-        table.add_column(column, no_wrap=True)
+    widths = {"run": max((len(row.name) for row in rows), default=3), "status": max((len(row.status) for row in rows), default=6)}
+    table.add_column("experiment", overflow="fold")  # folds on a narrow terminal; the other columns are never cut
+    for column in ("run", "status", "iter", "ckpt", "pass@1 (iter)"):
+        table.add_column(column, no_wrap=True, min_width=widths.get(column, len(column)))
     for row in rows:
         style = STATUS_STYLES.get(row.status, "yellow")
         table.add_row(row.experiment, row.name, f"[{style}]{row.status}[/]", progress(row),
-                      "-" if row.checkpoint is None else f"iter_{row.checkpoint}", held_out(row))
+                      "-" if row.checkpoint is None else str(row.checkpoint), held_out(row))
     return table
 
 
@@ -32,8 +35,8 @@ def progress(row: RunRow) -> str:
 
 
 def held_out(row: RunRow) -> str:
-    """``0.250 @ iter 2``, or ``-`` where no evaluation has been judged yet."""
-    return "-" if row.pass_at_1 is None else f"{row.pass_at_1:.3f} @ iter {row.pass_at_1_iteration}"
+    """``0.250 (2)``: the newest held-out pass@1 and its iteration; ``-`` where none was judged yet."""
+    return "-" if row.pass_at_1 is None else f"{row.pass_at_1:.3f} ({row.pass_at_1_iteration})"
 
 
 def print_runs(out: Console, runs_dir: Path, rows: list[RunRow]) -> None:

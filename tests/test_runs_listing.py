@@ -98,8 +98,8 @@ def test_a_sigkilled_run_is_listed_as_crashed_with_its_resume_command(owner, tmp
 
     alive = run_cli("runs", cwd=tmp_path)  # the default runs folder: the config default, runs/
     assert alive.returncode == 0, alive.stderr
-    assert table_line(alive.stdout, run_dir.name) == ["tiny_e2e", run_dir.name, "running", "1/2", "iter_1", "0.250 @ iter 0"]
-    assert table_line(alive.stdout, done.name) == ["tiny_e2e", done.name, "finished", "2/2", "-", "0.750 @ iter 2"]
+    assert table_line(alive.stdout, run_dir.name) == ["tiny_e2e", run_dir.name, "running", "1/2", "1", "0.250 (0)"]
+    assert table_line(alive.stdout, done.name) == ["tiny_e2e", done.name, "finished", "2/2", "-", "0.750 (2)"]
     assert "to resume" not in alive.stdout  # a live run goes on by itself; a finished one has nothing left
 
     os.kill(process.pid, signal.SIGKILL)
@@ -110,7 +110,7 @@ def test_a_sigkilled_run_is_listed_as_crashed_with_its_resume_command(owner, tmp
 
     listed = run_cli("runs", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
-    assert table_line(listed.stdout, run_dir.name)[2:] == ["crashed", "1/2", "iter_1", "0.250 @ iter 0"]
+    assert table_line(listed.stdout, run_dir.name)[2:] == ["crashed", "1/2", "1", "0.250 (0)"]
     command = f"reinflow train --conf runs/tiny_e2e/{run_dir.name}/experiment.yaml --resume {run_dir.name}"
     assert f"tiny_e2e/{run_dir.name} (crashed): {command}" in listed.stdout
     assert done.name not in listed.stdout.split("to resume:")[1]
