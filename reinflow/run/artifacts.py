@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from reinflow.tracking.policy_model import log_policy, save_policy_folder
+from reinflow.tracking.policy_model import store_final_policy
 from reinflow.config.models import resolve_model
 from reinflow.tracking.plots import CURVES, reward_curve_png
 from reinflow.tracking.mlflow_run import log_artifact, tracking_uri
@@ -43,9 +43,10 @@ def log_reward_curve(session: TrainingSession) -> Path:
 
 
 def log_final_policy(session: TrainingSession) -> str:
-    """The trained weights (LoRA merged) as the run's ``policy`` pyfunc model; returns its URI."""
-    folder = save_policy_folder(
-        session.policy.engine_weights(), resolve_model(session.config.model.path), session.run_dir / "final_policy"
+    """The trained weights (LoRA merged) as the run's ``policy`` pyfunc model, stored once (in MLflow;
+    the run folder keeps the pointer ``final_policy.json``); returns its URI."""
+    return store_final_policy(
+        session.policy.engine_weights(), resolve_model(session.config.model.path), session.run_dir,
+        tracking_uri(session.config, session.project_root), session.info.mlflow_run_id,
+        session.config.rollout.max_new_tokens_per_turn,
     )
-    return log_policy(tracking_uri(session.config, session.project_root), session.info.mlflow_run_id, folder,
-                      session.config.rollout.max_new_tokens_per_turn)

@@ -4,10 +4,16 @@
 greedy completion per prompt (chat template applied), at most ``rollout.max_new_tokens_per_turn``
 tokens long: what the policy was trained to answer in. The weights are a plain transformers folder
 (LoRA merged), so ``AutoModelForCausalLM.from_pretrained`` on the artifact works too.
+
+The policy is stored once, in MLflow: the folder is written to a scratch folder, logged, and the
+scratch folder removed; the run folder keeps only ``final_policy.json``, a pointer to the model.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +22,8 @@ import mlflow.pyfunc
 import pandas as pd
 import torch
 
+POLICY_POINTER = "final_policy.json"
+"""The run folder's pointer to its final policy: ``{"model_uri", "tracking_uri", "local_path"}``."""
 POLICY_ARTIFACT = "policy"
 """The artifact path of the policy model in its MLflow run (``runs:/<run id>/policy``)."""
 
@@ -60,13 +68,32 @@ def save_policy_folder(weights: dict[str, torch.Tensor], base_folder: Path, outp
     return output
 
 
-def log_policy(tracking_uri: str, run_id: str, policy_folder: Path, max_new_tokens: int) -> str:
+def log_policy(tracking_uri: str, run_id: str, policy_folder: Path, max_new_tokens: int) -> tuple[str, str | None]:
     """Log the folder as the run's ``policy`` pyfunc model generating at most ``max_new_tokens``
-    (``rollout.max_new_tokens_per_turn``) per prompt; returns its model URI."""
+    (``rollout.max_new_tokens_per_turn``) per prompt; returns its model URI and, where the artifact
+    store is a local folder, the folder of the logged weights (``from_pretrained`` works on it)."""
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
-        mlflow.pyfunc.log_model(
+        info = mlflow.pyfunc.log_model(
             name=POLICY_ARTIFACT, python_model=PolicyModel(max_new_tokens),
             artifacts={POLICY_ARTIFACT: str(policy_folder)},
         )
-    return f"runs:/{run_id}/{POLICY_ARTIFACT}"
+    location = mlflow.MlflowClient(tracking_uri=tracking_uri).get_logged_model(info.model_id).artifact_location
+    local = str(Path(location.removeprefix("file://")) / "artifacts" / POLICY_ARTIFACT) if location.startswith("file://") else None
+    return f"runs:/{run_id}/{POLICY_ARTIFACT}", local
+
+
+def store_final_policy(weights: dict[str, torch.Tensor], base_folder: Path, run_dir: Path, tracking_uri: str,
+                       run_id: str, max_new_tokens: int) -> str:
+    """Log ``weights`` as the run's ``policy`` model, keeping no copy in ``run_dir`` but the pointer
+    :data:`POLICY_POINTER`; returns the model URI."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".final_policy-", dir=run_dir))
+    try:
+        folder = save_policy_folder(weights, base_folder, scratch / POLICY_ARTIFACT)
+        model_uri, local_path = log_policy(tracking_uri, run_id, folder, max_new_tokens)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    pointer = {"model_uri": model_uri, "tracking_uri": tracking_uri, "local_path": local_path}
+    (run_dir / POLICY_POINTER).write_text(json.dumps(pointer, indent=2) + "\n")
+    return model_uri
