@@ -40,7 +40,7 @@ def test_two_iterations(tmp_path, backbone):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "trajectories", "plots"} <= artifacts  # the policy is an MLflow 3 logged model, loaded below
     assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/reward_curve.png"]
-    assert [iteration for iteration, _ in list_checkpoints(run_dir / "checkpoints")] == [1, 2]
+    assert [iteration for iteration, _ in list_checkpoints(run_dir / "checkpoints")] == [2]  # keep_checkpoints: 1
     meta = json.loads((latest_checkpoint(run_dir / "checkpoints") / "meta.json").read_text())
     assert meta["extra"]["cursor"] == 4  # 2 iterations x 2 tasks
     # the final policy loads back from MLflow and generates

@@ -20,7 +20,7 @@ from reinflow.run.checkpoint import list_checkpoints
 def test_warm_start_runs_before_the_baseline_and_is_logged(tmp_path):
     root = project(tmp_path)
     write_demonstrations(root)
-    result = train(root, *OVERRIDES)
+    result = train(root, *OVERRIDES, "train.keep_checkpoints=3")  # iter_0 kept to look at
     folder = run_dir(root)
     client, run = mlflow_run(root)
 

@@ -285,7 +285,11 @@ class TrainConfig(Section):
         "process-group timeout). A slow rank's compute counts, so keep it generous; a dead rank is detected at once.",
     )
     checkpoint_interval: int = Field(1, ge=1, description="Write a checkpoint every this many iterations.")
-    keep_checkpoints: int = Field(3, ge=1, le=1000, description="Most recent checkpoints kept on disk.")
+    keep_checkpoints: int = Field(
+        1, ge=1, le=1000,
+        description="Most recent checkpoints kept on disk. 1 (what a resume needs): the newest complete one, plus the one "
+        "being written until it is in place; a full fine-tune's checkpoint (weights + optimizer) is about 3x the weights.",
+    )
     eval_interval: int = Field(5, ge=1, description="Evaluate every this many iterations (and at iteration 0).")
     eval_pass_k: int = Field(4, ge=1, le=64, description="k of the sampled pass@k evaluation (1: greedy pass@1 only).")
     seed: int = Field(0, ge=0, description="Seed for sampling, data order and initialisation.")

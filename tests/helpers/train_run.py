@@ -101,7 +101,7 @@ def final_state(project_root: Path) -> tuple[dict, dict]:
 def assert_run_is_whole(project_root: Path, *overrides: str) -> None:
     """A run that was interrupted and resumed looks like one that never was: every iteration's
     rollout holds exactly its tasks (the cursor's next ones, ``group_size`` episodes each, none
-    failed), the checkpoints are iterations 1..N and the last loads with the run's config, the
+    failed), the checkpoints are the last ``train.keep_checkpoints`` of iterations 1..N and the last loads with the run's config, the
     cursor is N x tasks_per_iteration, and every MLflow metric has each step at most once, with
     the iteration sentinel at 0..N, rewards at 1..N. A run that warm-starts also has checkpoint 0."""
     config = load_config(project_root / "configs" / "tiny.yaml", list(overrides))
@@ -110,7 +110,8 @@ def assert_run_is_whole(project_root: Path, *overrides: str) -> None:
     for iteration in range(1, iterations + 1):
         _assert_rollout_holds_its_tasks(project_root, config, folder, iteration, (iteration - 1) * per_iteration)
     first = 0 if config.warmup.enabled else 1  # a warm start writes checkpoint iter_0
-    assert [i for i, _ in list_checkpoints(folder / "checkpoints")] == list(range(first, iterations + 1))
+    kept = list(range(first, iterations + 1))[-config.train.keep_checkpoints:]  # the last keep_checkpoints
+    assert [i for i, _ in list_checkpoints(folder / "checkpoints")] == kept
     assert not [p.name for p in (folder / "checkpoints").iterdir() if p.name.startswith(".")], "leftover temp folder"
     state, extra = read_checkpoint(latest_checkpoint(folder / "checkpoints"), fingerprint=config.fingerprint())
     assert extra["iteration"] == iterations and extra["cursor"] == iterations * per_iteration
