@@ -28,6 +28,7 @@ from reinflow.data.shards import manifest_path
 from reinflow.errors import ReinflowError, RunInterrupted, one_line
 from reinflow.config.models import ModelResolutionError, resolve_model
 from reinflow.run import environment
+from reinflow.tracking.disk_use import RUN_BYTES, WRITTEN_BYTES, gigabytes
 from reinflow.run.preflight import check_data, check_experiment, check_task_index
 
 app = typer.Typer(
@@ -278,9 +279,18 @@ def _print_summary(summary: dict) -> None:
     out.print(f"wall time:       {summary['wall_seconds'] / 60:.1f} min ({stages}); "
               f"{100 * summary['outside_share']:.1f}% outside rollout/judge/update/evaluate", highlight=False)
     out.print(f"reward curve:    {summary['reward_curve']}", highlight=False)
+    _print_disk(summary.get("disk") or {})
     out.print(f"final policy:    {summary['model_uri']} (mlflow.pyfunc.load_model)", highlight=False)
     out.print(f"compare runs:    mlflow ui --backend-store-uri {summary['tracking_uri']}", highlight=False)
     out.print("see episodes:    reinflow logview   (conversations and token-level samples)", highlight=False)
+
+
+def _print_disk(disk: dict) -> None:
+    if RUN_BYTES not in disk:
+        return
+    written = f", {gigabytes(disk[WRITTEN_BYTES])} written by this process" if WRITTEN_BYTES in disk else ""
+    out.print(f"disk:            {gigabytes(disk[RUN_BYTES])} left (run folder + MLflow artifacts){written}",
+              highlight=False)
 
 
 _TOOL_USE_LABELS = {

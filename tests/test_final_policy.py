@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 from transformers import AutoModelForCausalLM
 
 from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
+from reinflow.tracking.disk_use import RUN_BYTES, disk_use, folder_bytes
 from reinflow.tracking.policy_model import POLICY_POINTER, store_final_policy
 
 
@@ -30,6 +31,8 @@ def test_the_final_policy_is_stored_once_and_loads_back(tmp_path):
     weights_files = list((tmp_path / "mlartifacts").rglob("*.safetensors"))
     assert len(weights_files) == 1 and str(weights_files[0]).startswith(pointer["local_path"])
     assert AutoModelForCausalLM.from_pretrained(pointer["local_path"]) is not None
+    # what the run leaves counts the logged model (once) and the pointer
+    assert disk_use(client, run_id, run_dir)[RUN_BYTES] == folder_bytes(tmp_path / "mlartifacts") + folder_bytes(run_dir)
     mlflow.set_tracking_uri(uri)
     (completion,) = mlflow.pyfunc.load_model(model_uri).predict(["What is 2 + 3?"])
     assert isinstance(completion, str)

@@ -5,6 +5,7 @@ Resume after SIGKILL: ``tests/reliability/test_faults_driver_kill.py``."""
 from __future__ import annotations
 
 import json
+import re
 
 import mlflow
 import pytest
@@ -37,6 +38,12 @@ def test_two_iterations(tmp_path, backbone):
                        "evaluate": [0, 2], "checkpoint": [1, 2]}
     assert "iter 2/2: reward" in result.stdout + result.stderr  # the one-line iteration summary
     assert "% outside rollout/judge/update/evaluate" in result.stdout
+    # disk use per iteration (after the checkpoint) and in the summary; the final policy is stored once
+    run_bytes = client.get_metric_history(run.info.run_id, "disk/run_bytes")
+    assert [m.step for m in run_bytes] == [1, 2] and all(m.value > 0 for m in run_bytes)
+    assert re.search(r"disk: +[\d.]+ GB left \(run folder \+ MLflow artifacts\), [\d.]+ GB written", result.stdout)
+    assert not (run_dir / "final_policy").exists()
+    assert json.loads((run_dir / "final_policy.json").read_text())["model_uri"] == f"runs:/{run.info.run_id}/policy"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "trajectories", "plots"} <= artifacts  # the policy is an MLflow 3 logged model, loaded below
     assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/reward_curve.png"]
