@@ -321,6 +321,12 @@ class TrackingConfig(Section):
     experiment: str | None = Field(None, description="MLflow experiment name (default: the config's `experiment`).")
     run_dir: Path = Field(Path("runs"), description="Folder for rollouts, judged files and checkpoints of each run.")
     trajectories_per_iteration: int = Field(8, ge=1, le=100_000, description="Episodes per iteration kept in trajectories/iter_N.jsonl.")
+    raw_episode_files: Literal["keep", "drop_when_judged"] = Field(
+        "keep",
+        description="`keep`: every rollout and evaluation file stays. `drop_when_judged`: the raw file of an iteration "
+        "(rollouts/iter_N.parquet, eval/iter_N/<kind>.parquet) is deleted once its judged copy exists and a checkpoint "
+        "covers the iteration (the logview shows the judged files; a resume re-runs only later iterations).",
+    )
     prefect_retry_seconds: float = Field(
         60.0, ge=0, le=3600,
         description="How long a training run rides out an unreachable or failing Prefect API (a server restart: "

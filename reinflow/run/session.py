@@ -19,6 +19,7 @@ from reinflow.run.checkpoint import latest_checkpoint, read_checkpoint, write_ch
 from reinflow.config import ExperimentConfig
 from reinflow.judging.judge import Judge, load_judge
 from reinflow.config.models import resolve_model
+from reinflow.run.retention import drop_judged_raw_files
 from reinflow.run.rollout_runtime import RolloutRuntime, build_runtime
 from reinflow.run.run_state import RunInfo
 from reinflow.tracking.mlflow_run import client_for
@@ -116,7 +117,11 @@ def load_checkpoint_weights(runtime: RolloutRuntime, config: ExperimentConfig, c
 
 
 def save_checkpoint(session: TrainingSession, iteration: int, cursor: int) -> Path:
-    """Write the iteration's checkpoint atomically (keeping the last K) and advance the session."""
+    """Write the iteration's checkpoint atomically (keeping the last K) and advance the session; then
+    compact the episode files it covers (``tracking.raw_episode_files``)."""
     extra = {"cursor": cursor, "mlflow_run_id": session.info.mlflow_run_id}
-    return write_checkpoint(session.checkpoints, iteration, session.policy.state(), extra,
-                            fingerprint=session.config.fingerprint(), keep=session.config.train.keep_checkpoints)
+    folder = write_checkpoint(session.checkpoints, iteration, session.policy.state(), extra,
+                              fingerprint=session.config.fingerprint(), keep=session.config.train.keep_checkpoints)
+    if session.config.tracking.raw_episode_files == "drop_when_judged":
+        drop_judged_raw_files(session.run_dir, iteration)  # a checkpoint covers them now
+    return folder
