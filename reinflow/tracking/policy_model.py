@@ -5,8 +5,8 @@ greedy completion per prompt (chat template applied), at most ``rollout.max_new_
 tokens long: what the policy was trained to answer in. The weights are a plain transformers folder
 (LoRA merged), so ``AutoModelForCausalLM.from_pretrained`` on the artifact works too.
 
-The policy is stored once, in MLflow: the folder is written to a scratch folder, logged, and the
-scratch folder removed; the run folder keeps only ``final_policy.json``, a pointer to the model.
+The policy is stored once, in MLflow (``store_final_policy``); the run folder keeps only
+``final_policy.json``, a pointer to the model.
 """
 
 from __future__ import annotations
@@ -55,15 +55,29 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         return self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def save_policy_folder(weights: dict[str, torch.Tensor], base_folder: Path, output: Path) -> Path:
-    """Write ``weights`` (full, merged) as a transformers folder beside the base model's tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def policy_model(weights: dict[str, torch.Tensor], base_folder: Path) -> Any:
+    """The base model's architecture holding ``weights`` (full, merged), in float32."""
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or [key for key in missing if key != "lm_head.weight"]:
         raise ValueError(f"policy weights do not fit {base_folder}: missing={missing} unexpected={unexpected}")
-    model.save_pretrained(output, safe_serialization=True)
+    return model
+
+
+def save_policy_folder(model: Any, base_folder: Path, output: Path, *, with_weights: bool = True) -> Path:
+    """Write ``model`` as a transformers folder beside the base model's tokenizer (without the
+    weights file when not ``with_weights``: config, generation config and tokenizer only)."""
+    from transformers import AutoTokenizer
+
+    if with_weights:
+        model.save_pretrained(output, safe_serialization=True)
+    else:
+        output.mkdir(parents=True, exist_ok=True)
+        model.config.save_pretrained(output)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(output)
     AutoTokenizer.from_pretrained(base_folder).save_pretrained(output)
     return output
 
@@ -86,14 +100,27 @@ def log_policy(tracking_uri: str, run_id: str, policy_folder: Path, max_new_toke
 def store_final_policy(weights: dict[str, torch.Tensor], base_folder: Path, run_dir: Path, tracking_uri: str,
                        run_id: str, max_new_tokens: int) -> str:
     """Log ``weights`` as the run's ``policy`` model, keeping no copy in ``run_dir`` but the pointer
-    :data:`POLICY_POINTER`; returns the model URI."""
+    :data:`POLICY_POINTER`; returns the model URI.
+
+    Where the run's artifact store is a local folder, the weights are written once, straight into
+    the logged model's folder (the model is logged with its config and tokenizer, then the weights
+    file saved beside them); elsewhere the whole folder is written to a scratch folder and uploaded.
+    """
+    from mlflow import MlflowClient
+
     run_dir.mkdir(parents=True, exist_ok=True)
+    local_store = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.artifact_uri.startswith("file:")
+    model = policy_model(weights, base_folder)
     scratch = Path(tempfile.mkdtemp(prefix=".final_policy-", dir=run_dir))
     try:
-        folder = save_policy_folder(weights, base_folder, scratch / POLICY_ARTIFACT)
+        folder = save_policy_folder(model, base_folder, scratch / POLICY_ARTIFACT, with_weights=not local_store)
         model_uri, local_path = log_policy(tracking_uri, run_id, folder, max_new_tokens)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if local_store:
+        if local_path is None:
+            raise RuntimeError(f"the logged policy of run {run_id} has no local folder")
+        model.save_pretrained(local_path, safe_serialization=True)
     pointer = {"model_uri": model_uri, "tracking_uri": tracking_uri, "local_path": local_path}
     (run_dir / POLICY_POINTER).write_text(json.dumps(pointer, indent=2) + "\n")
     return model_uri
