@@ -92,7 +92,7 @@ def test_an_outside_workflow_judge_and_demonstrations_warm_start_and_train(tmp_p
     result = train(root, "rollout.workflow=adding_agent->AddingAgent", "judge.protocol=even_judge->EvenLengthJudge",
           "warmup.demonstrations=my_demos.jsonl", "warmup.epochs=2", "warmup.batch_size=2", "warmup.lr=1e-3",
           "rollout.max_turns=2", "rollout.max_new_tokens_per_turn=40", "rollout.max_model_len=512", "train.iterations=1", "train.eval_interval=1",
-          "train.eval_pass_k=1")
+          "train.eval_pass_k=1", "train.keep_checkpoints=2")  # iter_0 kept to look at
     client, run = mlflow_run(root)
 
     def history(key: str) -> list[tuple[int, float]]:
