@@ -86,7 +86,7 @@ def main() -> None:
         written, seconds, result = run(project, overrides)
         if result.returncode != 0:
             raise SystemExit(f"reinflow train failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-        print("\n".join(line for line in result.stdout.splitlines() if line.startswith(("disk:", "held-out", "wall"))))
+        print("\n".join(line for line in result.stdout.splitlines() if line.startswith(("disk:", "memory:", "held-out", "wall"))))
         report(project, written, seconds, overrides)
     finally:
         if args.keep:

@@ -29,6 +29,7 @@ from reinflow.errors import ReinflowError, RunInterrupted, one_line
 from reinflow.config.models import ModelResolutionError, resolve_model
 from reinflow.run import environment
 from reinflow.tracking.disk_use import RUN_BYTES, WRITTEN_BYTES, gigabytes
+from reinflow.tracking.memory_use import PEAK_RSS_BYTES
 from reinflow.run.preflight import check_data, check_experiment, check_task_index
 
 app = typer.Typer(
@@ -280,6 +281,7 @@ def _print_summary(summary: dict) -> None:
               f"{100 * summary['outside_share']:.1f}% outside rollout/judge/update/evaluate", highlight=False)
     out.print(f"reward curve:    {summary['reward_curve']}", highlight=False)
     _print_disk(summary.get("disk") or {})
+    _print_memory(summary.get("memory") or {})
     out.print(f"final policy:    {summary['model_uri']} (mlflow.pyfunc.load_model)", highlight=False)
     out.print(f"compare runs:    mlflow ui --backend-store-uri {summary['tracking_uri']}", highlight=False)
     out.print("see episodes:    reinflow logview   (conversations and token-level samples)", highlight=False)
@@ -291,6 +293,12 @@ def _print_disk(disk: dict) -> None:
     written = f", {gigabytes(disk[WRITTEN_BYTES])} written by this process" if WRITTEN_BYTES in disk else ""
     out.print(f"disk:            {gigabytes(disk[RUN_BYTES])} left (run folder + MLflow artifacts){written}",
               highlight=False)
+
+
+def _print_memory(memory: dict) -> None:
+    if PEAK_RSS_BYTES in memory:
+        out.print(f"memory:          {gigabytes(memory[PEAK_RSS_BYTES])} peak resident (the training process; "
+                  "memory/* in MLflow per iteration)", highlight=False)
 
 
 _TOOL_USE_LABELS = {

@@ -25,6 +25,7 @@ from reinflow.faults import crash_point
 from reinflow.run.artifacts import log_config, log_final_policy, log_reward_curve, log_trajectory_sample
 from reinflow.run.run_state import new_run, run_to_resume
 from reinflow.tracking.disk_use import disk_use
+from reinflow.tracking.memory_use import memory_use
 from reinflow.tracking.summary import run_summary
 from reinflow.run.stage_timer import iteration_summary, timed
 from reinflow.tracking.mlflow_run import finish_run, log_iteration, log_metric, start_run, tracking_uri
@@ -105,7 +106,8 @@ def train_iteration(run_dir: str, iteration: int, flow_run_name: str) -> dict[st
             log_metric(session.client, session.info.mlflow_run_id, iteration, "seconds/checkpoint",
                        seconds["seconds/checkpoint"])
     log_metric(session.client, session.info.mlflow_run_id, iteration, "seconds/iteration", seconds["seconds/iteration"])
-    for key, value in disk_use(session.client, session.info.mlflow_run_id, session.run_dir).items():
+    resources = disk_use(session.client, session.info.mlflow_run_id, session.run_dir) | memory_use()
+    for key, value in resources.items():
         log_metric(session.client, session.info.mlflow_run_id, iteration, key, value)  # after the checkpoint
     metrics |= seconds
     get_run_logger().info(iteration_summary(iteration, config.train.iterations, metrics))
@@ -122,10 +124,12 @@ def evaluate_iteration(session: TrainingSession, iteration: int) -> dict[str, fl
 
 def finish(session: TrainingSession) -> dict[str, Any]:
     """Close the MLflow run and summarise it: baseline vs final held-out success, where time went,
-    disk use (``disk``: the run folder and MLflow artifacts left, bytes this process wrote)."""
+    disk use (``disk``: the run folder and MLflow artifacts left, bytes this process wrote) and
+    memory (``memory``: this process's peak resident set, the run's process tree now)."""
     curve = log_reward_curve(session)
     model_uri = log_final_policy(session)
     disk = disk_use(session.client, session.info.mlflow_run_id, session.run_dir)
+    memory = memory_use()
     finish_run(session.client, session.info.mlflow_run_id)
     session.info.status = "finished"
     session.info.save(session.run_dir)
@@ -136,6 +140,7 @@ def finish(session: TrainingSession) -> dict[str, Any]:
         "reward_curve": str(curve),
         "model_uri": model_uri,
         "disk": disk,
+        "memory": memory,
         "tracking_uri": tracking_uri(session.config, session.project_root),
         **run_summary(session.client, session.info.mlflow_run_id),
     }

@@ -42,6 +42,13 @@ def test_two_iterations(tmp_path, backbone):
     run_bytes = client.get_metric_history(run.info.run_id, "disk/run_bytes")
     assert [m.step for m in run_bytes] == [1, 2] and all(m.value > 0 for m in run_bytes)
     assert re.search(r"disk: +[\d.]+ GB left \(run folder \+ MLflow artifacts\), [\d.]+ GB written", result.stdout)
+    # memory: the training process's resident set and its tree (Prefect's server included) per iteration
+    memory = {key: client.get_metric_history(run.info.run_id, f"memory/{key}") for key in ("rss_bytes", "peak_rss_bytes",
+                                                                                           "tree_rss_bytes")}
+    assert all([m.step for m in history_] == [1, 2] for history_ in memory.values())
+    assert all(peak.value >= rss.value > 1e8 for peak, rss in zip(memory["peak_rss_bytes"], memory["rss_bytes"]))
+    assert all(tree.value > rss.value for tree, rss in zip(memory["tree_rss_bytes"], memory["rss_bytes"]))
+    assert re.search(r"memory: +[\d.]+ GB peak resident", result.stdout)
     assert not (run_dir / "final_policy").exists()
     assert json.loads((run_dir / "final_policy.json").read_text())["model_uri"] == f"runs:/{run.info.run_id}/policy"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

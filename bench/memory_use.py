@@ -1,0 +1,82 @@
+"""Memory of a quickstart training run: is it flat across iterations, and how high does it go?
+
+    .venv/bin/python bench/memory_use.py                                  # 12 iterations (~8 min, 2 cores)
+    .venv/bin/python bench/memory_use.py train.iterations=70 data.eval_tasks=200   # the full quickstart
+    .venv/bin/python bench/memory_use.py --project /tmp/reinflow-disk-use-XXXX     # a run kept by disk_use.py --keep
+
+Runs the quickstart in a throwaway folder as ``bench/disk_use.py`` does (or reads a project folder
+that one kept), then prints, from the run's MLflow history (``memory/*``, logged after every
+iteration by ``reinflow/tracking/memory_use.py``):
+
+- the training process's resident set at iteration 10 and at the last one, and their ratio;
+- its peak resident set (``VmHWM``) at both;
+- the run's whole process tree (Prefect's server, Ray workers) at both.
+
+The goal (issue 19, item 2): peak at most 3 GB, and the figure at iteration 70 within 5% of the
+figure at iteration 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.disk_use import run  # noqa: E402
+from reinflow.tracking.disk_use import gigabytes  # noqa: E402
+from reinflow.tracking.memory_use import PEAK_RSS_BYTES, RSS_BYTES, TREE_RSS_BYTES  # noqa: E402
+
+DEFAULT_OVERRIDES = ["train.iterations=12", "data.eval_tasks=16"]
+EARLY_ITERATION = 10
+
+
+def histories(project: Path) -> dict[str, dict[int, float]]:
+    """``{metric: {iteration: bytes}}`` of the one quickstart run in ``project``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'runs' / 'mlflow.db'}")
+    (run_,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    return {key: {m.step: m.value for m in client.get_metric_history(run_.info.run_id, key)}
+            for key in (RSS_BYTES, PEAK_RSS_BYTES, TREE_RSS_BYTES)}
+
+
+def report(project: Path) -> None:
+    figures = histories(project)
+    steps = sorted(figures[RSS_BYTES])
+    if not steps:
+        raise SystemExit(f"{project}: the run logged no memory/* metrics (a run from before they were logged?)")
+    early, last = min(steps, key=lambda step: abs(step - EARLY_ITERATION)), steps[-1]
+    print(f"iterations logged: {steps[0]}..{last}")
+    for key, label in ((RSS_BYTES, "resident, training process"), (PEAK_RSS_BYTES, "peak resident (VmHWM)"),
+                       (TREE_RSS_BYTES, "resident, whole process tree")):
+        at_early, at_last = figures[key][early], figures[key][last]
+        print(f"  {label:30s} iter {early}: {gigabytes(at_early)}   iter {last}: {gigabytes(at_last)}   "
+              f"ratio {at_last / at_early:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="config overrides after the bench's own")
+    parser.add_argument("--project", type=Path, help="read this kept project folder instead of running")
+    args = parser.parse_args()
+    if args.project:
+        report(args.project)
+        return
+    project = Path(tempfile.mkdtemp(prefix="reinflow-memory-use-"))
+    try:
+        _, seconds, result = run(project, DEFAULT_OVERRIDES + args.overrides)
+        if result.returncode != 0:
+            raise SystemExit(f"reinflow train failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        print(f"quickstart, {' '.join(DEFAULT_OVERRIDES + args.overrides)}: {seconds / 60:.1f} min")
+        report(project)
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
