@@ -3,6 +3,7 @@
     .venv/bin/python bench/memory_use.py                                  # 12 iterations (~8 min, 2 cores)
     .venv/bin/python bench/memory_use.py train.iterations=70 data.eval_tasks=200   # the full quickstart
     .venv/bin/python bench/memory_use.py --project /tmp/reinflow-disk-use-XXXX     # a run kept by disk_use.py --keep
+    .venv/bin/python bench/memory_use.py train.iterations=14 --against train.release_free_memory=false
 
 Runs the quickstart in a throwaway folder as ``bench/disk_use.py`` does (or reads a project folder
 that one kept), then prints, from the run's MLflow history (``memory/*``, logged after every
@@ -11,6 +12,9 @@ iteration by ``reinflow/tracking/memory_use.py``):
 - the training process's resident set at iteration 10 and at the last one, and their ratio;
 - its peak resident set (``VmHWM``) at both;
 - the run's whole process tree (Prefect's server, Ray workers) at both.
+
+``--against OVERRIDE`` then runs the same quickstart with that override added (the baseline) and
+prints the ratios of both runs' figures at the last iteration, and of their wall times.
 
 The goal (issue 19, item 2): peak at most 3 GB, and the figure at iteration 70 within 5% of the
 figure at iteration 10.
@@ -45,7 +49,8 @@ def histories(project: Path) -> dict[str, dict[int, float]]:
             for key in (RSS_BYTES, PEAK_RSS_BYTES, TREE_RSS_BYTES)}
 
 
-def report(project: Path) -> None:
+def report(project: Path) -> dict[str, float]:
+    """Print the figures at iteration 10 and the last; return the last ones."""
     figures = histories(project)
     steps = sorted(figures[RSS_BYTES])
     if not steps:
@@ -57,25 +62,36 @@ def report(project: Path) -> None:
         at_early, at_last = figures[key][early], figures[key][last]
         print(f"  {label:30s} iter {early}: {gigabytes(at_early)}   iter {last}: {gigabytes(at_last)}   "
               f"ratio {at_last / at_early:.3f}")
+    return {key: values[last] for key, values in figures.items()}
+
+
+def run_and_report(overrides: list[str]) -> dict[str, float]:
+    """The quickstart with ``overrides`` in a throwaway folder; its last figures and ``seconds``."""
+    project = Path(tempfile.mkdtemp(prefix="reinflow-memory-use-"))
+    try:
+        _, seconds, result = run(project, overrides)
+        if result.returncode != 0:
+            raise SystemExit(f"reinflow train failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        print(f"quickstart, {' '.join(overrides)}: {seconds / 60:.1f} min")
+        return report(project) | {"seconds": seconds}
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="config overrides after the bench's own")
     parser.add_argument("--project", type=Path, help="read this kept project folder instead of running")
+    parser.add_argument("--against", metavar="OVERRIDE", help="also run the baseline with this override; print ratios")
     args = parser.parse_args()
     if args.project:
         report(args.project)
         return
-    project = Path(tempfile.mkdtemp(prefix="reinflow-memory-use-"))
-    try:
-        _, seconds, result = run(project, DEFAULT_OVERRIDES + args.overrides)
-        if result.returncode != 0:
-            raise SystemExit(f"reinflow train failed ({result.returncode}):\n{result.stderr[-3000:]}")
-        print(f"quickstart, {' '.join(DEFAULT_OVERRIDES + args.overrides)}: {seconds / 60:.1f} min")
-        report(project)
-    finally:
-        shutil.rmtree(project, ignore_errors=True)
+    measured = run_and_report(DEFAULT_OVERRIDES + args.overrides)
+    if args.against:
+        baseline = run_and_report(DEFAULT_OVERRIDES + args.overrides + [args.against])
+        print(f"ratios to the baseline ({args.against}), last iteration: " + ", ".join(
+            f"{key.removeprefix('memory/')} {measured[key] / baseline[key]:.3f}" for key in baseline))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from reinflow.run.artifacts import log_config, log_final_policy, log_reward_curv
 from reinflow.run.run_state import new_run, run_to_resume
 from reinflow.tracking.disk_use import disk_use
 from reinflow.tracking.memory_use import memory_use
+from reinflow.training.memory_release import releasing_memory
 from reinflow.tracking.summary import run_summary
 from reinflow.run.stage_timer import iteration_summary, timed
 from reinflow.tracking.mlflow_run import finish_run, log_iteration, log_metric, start_run, tracking_uri
@@ -83,18 +84,19 @@ def train_iteration(run_dir: str, iteration: int, flow_run_name: str) -> dict[st
     session = live_session(run_dir)
     config, config_dict = session.config, session.config.model_dump(mode="json")
     seconds: dict[str, float] = {}
+    release = config.train.release_free_memory  # each stage's freed heap back to the OS, after the stage
     with timed(seconds, "iteration"):
-        with timed(seconds, "rollout"):
+        with timed(seconds, "rollout"), releasing_memory(release):
             rolled = rollout(config_dict, str(session.project_root), run_dir, iteration, session.cursor)
         with timed(seconds, "judge"):
             judged = judge(config_dict, run_dir, iteration, rolled["path"])
-        with timed(seconds, "update"):
+        with timed(seconds, "update"), releasing_memory(release):
             updated = update(run_dir, iteration, judged["path"])
         metrics = {**rolled["metrics"], **judged["metrics"], **updated}
         log_trajectory_sample(session, iteration, Path(judged["path"]))
         session.cursor, session.iteration = rolled["next_cursor"], iteration
         if iteration % config.train.eval_interval == 0 or iteration == config.train.iterations:
-            with timed(seconds, "evaluate"):
+            with timed(seconds, "evaluate"), releasing_memory(release):
                 metrics |= evaluate_iteration(session, iteration)
         # metrics before the checkpoint: a crash between the two re-runs this iteration, whose
         # already-logged step is then skipped (never missing, never duplicated)

@@ -293,6 +293,11 @@ class TrainConfig(Section):
     eval_interval: int = Field(5, ge=1, description="Evaluate every this many iterations (and at iteration 0).")
     eval_pass_k: int = Field(4, ge=1, le=64, description="k of the sampled pass@k evaluation (1: greedy pass@1 only).")
     seed: int = Field(0, ge=0, description="Seed for sampling, data order and initialisation.")
+    release_free_memory: bool = Field(
+        True,
+        description="After each rollout, update and evaluation, give the heap's freed pages back to the OS (glibc "
+        "malloc_trim; a no-op elsewhere). Keeps the resident set flat across iterations (reinflow/run/memory_release.py).",
+    )
 
     @field_validator("ray_address")
     @classmethod

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from reinflow.config import ExperimentConfig
 from reinflow.distributed.ray_cluster import to_numpy
 from reinflow.faults import crash_point
+from reinflow.training.memory_release import releasing_memory
 
 if TYPE_CHECKING:
     from reinflow.training.train_batch import TrainSample
@@ -88,7 +89,8 @@ class PolicyWorker:
         self.updates += 1
         if self.rank == self.world_size - 1:  # fault-injection tests: the last rank dies mid-update
             crash_point("worker_update", self.updates)
-        return self.trainer.train_step(samples, normalizer)
+        with releasing_memory(self.trainer.train.release_free_memory):
+            return self.trainer.train_step(samples, normalizer)
 
     def engine_weights(self) -> dict[str, Any]:
         """``PolicyTrainer.engine_weights`` as NumPy arrays (see ``ray_cluster.to_numpy``)."""
