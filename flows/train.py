@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger
 
 from flows.api_retries import ride_out_api_outages
 from flows.prepare_data import prepare_data
+from flows.subflow_heartbeat import without_subflow_heartbeat
 from reinflow.config import ExperimentConfig, load_config
 from reinflow.faults import crash_point
 from reinflow.run.artifacts import log_config, log_final_policy, log_reward_curve, log_trajectory_sample
@@ -71,7 +72,8 @@ def train_run(config: ExperimentConfig, root: Path, resume: str | None) -> dict[
                     baseline = evaluate_iteration(session, 0)
                 log_iteration(session.client, info.mlflow_run_id, 0, baseline | seconds)
             for iteration in range(session.iteration + 1, config.train.iterations + 1):
-                train_iteration(str(run_dir), iteration, flow_run_name=f"iter-{iteration}")
+                with without_subflow_heartbeat():  # ~1 s an iteration (flows/subflow_heartbeat.py)
+                    train_iteration(str(run_dir), iteration, flow_run_name=f"iter-{iteration}")
             return finish(session)
     finally:
         close_session(session)
