@@ -2,9 +2,9 @@
 
 Prefect 3.7.7 gives every flow run, subflows included, a heartbeat thread (every
 ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` s, 180 by default) that sleeps in 1-second steps, and joins it
-when the run ends: each run waits out the step in progress. Measured on 2 cores, an empty subflow
-took 1094 ms with its heartbeat and 86 ms without (``bench/subflow_overhead.py``); over the
-quickstart's 70 iteration subflows that was about 11% of the run's wall time.
+when the run ends: each run waits out the step in progress. ``bench/subflow_overhead.py`` on 2 shared
+cores: an empty subflow took 1097 ms with its heartbeat and 153 ms without (medians of 20). The 70
+iteration subflows of the quickstart spent about 66 s of its 608 s outside the iteration's stages.
 
 The train flow keeps its heartbeat: it runs for the whole run and reports it alive, so a crashed run
 is still detected. Only the ``train-iteration`` subflows it starts run without one.

@@ -296,7 +296,7 @@ class TrainConfig(Section):
     release_free_memory: bool = Field(
         True,
         description="After each rollout, update and evaluation, give the heap's freed pages back to the OS (glibc "
-        "malloc_trim; a no-op elsewhere). Keeps the resident set flat across iterations (reinflow/run/memory_release.py).",
+        "malloc_trim; a no-op elsewhere). Keeps the resident set flat across iterations (reinflow/training/memory_release.py).",
     )
 
     @field_validator("ray_address")
