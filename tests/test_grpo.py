@@ -372,3 +372,63 @@ def test_aggregate_divides_by_the_batch_own_count_and_refuses_unknown_aggregatio
         aggregate(values, mask, "sum")
     with pytest.raises(ValueError, match="normalizer must be > 0"):
         aggregate(values, mask, "token_mean", normalizer=0)
+
+
+# ----------------------------------------------------------------------------- truncated importance sampling
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@pytest.mark.parametrize("cap", [1.0, 1.3, 2.0])
+def test_truncated_importance_weight_matches_loop(seed, aggregation, cap):
+    logp, old, behaviour, adv, mask = random_batch(seed)  # the third tensor: a behaviour policy 0.3 away
+    x = logp.clone().requires_grad_()
+    loss, metrics = clipped_surrogate_loss(x, old, adv, mask, 0.2, 0.28, aggregation,
+                                           behaviour_logp=behaviour, importance_sampling_cap=cap)
+    (grad,) = torch.autograd.grad(loss, x)
+
+    m = mask.tolist()
+    weights = [[min(math.exp(o - b), cap) for o, b in zip(old[r].tolist(), behaviour[r].tolist())]
+               for r in range(logp.shape[0])]
+    y = logp.double().requires_grad_()
+    terms = [[None] * logp.shape[1] for _ in range(logp.shape[0])]
+    for r in range(logp.shape[0]):
+        for t in range(logp.shape[1]):
+            if m[r][t]:
+                ratio = torch.exp(y[r, t] - float(old[r, t]))
+                a = float(adv[r])
+                terms[r][t] = -weights[r][t] * torch.minimum(ratio * a, torch.clamp(ratio, 0.8, 1.28) * a)
+    expected = ref_aggregate(terms, m, aggregation)
+    (expected_grad,) = torch.autograd.grad(torch.as_tensor(expected), y)
+    assert loss.item() == pytest.approx(float(expected), abs=1e-5)
+    torch.testing.assert_close(grad, expected_grad.float(), atol=1e-6, rtol=1e-5)
+    assert metrics["is_weight_mean"].item() == pytest.approx(ref_aggregate(weights, m, aggregation), abs=1e-5)
+    capped = [[float(w >= cap) for w in row] for row in weights]
+    assert metrics["is_capped_fraction"].item() == pytest.approx(ref_aggregate(capped, m, aggregation), abs=1e-6)
+
+
+def test_importance_weight_is_one_on_policy_and_capped_far_off_it():
+    logp, old, _, adv, mask = random_batch(3)
+    on_policy, on_metrics = clipped_surrogate_loss(logp, old, adv, mask, 0.2, None, "token_mean",
+                                                   behaviour_logp=old.clone(), importance_sampling_cap=2.0)
+    plain, _ = clipped_surrogate_loss(logp, old, adv, mask, 0.2, None, "token_mean")
+    assert on_policy.item() == pytest.approx(plain.item(), abs=1e-7)
+    assert on_metrics["is_weight_mean"].item() == pytest.approx(1.0)
+    far = old - 50.0  # the sampler found every token e^50 times less likely: weight cut to the cap, no inf
+    loss, metrics = clipped_surrogate_loss(logp, old, adv, mask, 0.2, None, "token_mean",
+                                           behaviour_logp=far, importance_sampling_cap=2.0)
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(2.0 * plain.item(), rel=1e-5)
+    assert metrics["is_capped_fraction"].item() == pytest.approx(1.0)
+
+
+def test_grpo_loss_passes_the_importance_weight_and_leaves_the_kl_unweighted():
+    logp, old, ref, adv, mask = random_batch(4)
+    behaviour = old - 0.5
+    weighted, metrics = grpo_loss(logp, old, adv, mask, clip_ratio=0.2, clip_ratio_high=None, kl_coef=0.1,
+                                  aggregation="token_mean", ref_logp=ref, behaviour_logp=behaviour,
+                                  importance_sampling_cap=10.0)
+    policy, _ = clipped_surrogate_loss(logp, old, adv, mask, 0.2, None, "token_mean",
+                                       behaviour_logp=behaviour, importance_sampling_cap=10.0)
+    assert weighted.item() == pytest.approx(policy.item() + 0.1 * metrics["kl"].item(), abs=1e-6)
+    assert metrics["is_weight_mean"].item() == pytest.approx(math.exp(0.5), rel=1e-5)

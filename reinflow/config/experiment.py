@@ -262,6 +262,18 @@ class TrainConfig(Section):
     )
     micro_batch_tokens: int = Field(4096, ge=16, le=10_000_000, description="Tokens per forward/backward micro-batch.")
     epochs_per_batch: int = Field(1, ge=1, le=64, description="Optimisation passes over each iteration's batch.")
+    max_off_policy_steps: int = Field(
+        0, ge=0, le=16,
+        description="How many iterations the rollout may run ahead of the update: with k > 0 the rollouts of "
+        "iterations N+1..N+k run while iteration N judges and updates, on the weights the engine has then (at most k "
+        "updates old; each sample's staleness is logged). 0: strictly on-policy, each rollout waits for the previous update.",
+    )
+    importance_sampling_cap: float | None = Field(
+        2.0, ge=1.0, le=1000.0,
+        description="Cap C of the truncated importance-sampling weight min(pi_old / pi_behaviour, C) on each trained "
+        "token's loss, pi_behaviour being the engine's recorded log-probs (off-policy samples, engine/trainer numerics). "
+        "None: no weight.",
+    )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
     workers: int = Field(1, ge=1, le=1024, description="Policy workers (Ray actors) for `backbone: ray`.")

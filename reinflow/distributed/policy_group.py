@@ -41,7 +41,8 @@ Per iteration, ``train_step(samples)``:
   the single-process optimizer step and holds the same parameters afterwards;
 - returns one metrics dict (``combine_metrics``): the additive GRPO metrics are summed over ranks
   (each rank's share used the global normaliser, so the sum is the batch value: ``loss``,
-  ``policy_loss``, ``kl``, ``entropy``, ``clip_fraction``, ``approx_kl``, ``ratio_mean``) and so is
+  ``policy_loss``, ``kl``, ``entropy``, ``clip_fraction``, ``approx_kl``, ``ratio_mean``,
+  ``is_weight_mean``, ``is_capped_fraction``) and so is
   ``trained_tokens``; ``logprob_mismatch`` is the token-weighted mean over ranks; ``grad_norm`` and
   ``lr`` are global (rank 0's); ``update_seconds`` is the slowest rank's compute time and
   ``update_tokens_per_second`` = all ranks' processed tokens / that time (the group's rate). Two
@@ -104,7 +105,8 @@ if TYPE_CHECKING:
 # torch (and everything that imports it) is imported lazily, as in ``policy_worker``.
 
 SUMMED_METRICS = frozenset(
-    {"loss", "policy_loss", "kl", "entropy", "clip_fraction", "approx_kl", "ratio_mean", "trained_tokens"}
+    {"loss", "policy_loss", "kl", "entropy", "clip_fraction", "approx_kl", "ratio_mean", "is_weight_mean",
+     "is_capped_fraction", "trained_tokens"}
 )
 """Metrics that are each rank's share of the batch value (the global normaliser): summed."""
 

@@ -38,6 +38,11 @@ Where reinflow departs from it (each default lives in ``reinflow.config.TrainCon
    ``token_mean`` their tokens still count in the normaliser).
 7. **Training-token masks**: only tokens the policy generated carry loss (agent episodes interleave
    prompts, tool outputs and several generated turns), so every sum runs over ``loss_mask``.
+8. **Truncated importance sampling** (``train.importance_sampling_cap``): each trained token's
+   loss is weighted by ``min(π_θold / π_behaviour, C)``, the policy the update starts from over
+   the one that sampled (the engine's recorded log-probs). The paper samples from ``π_θold``
+   itself; reinflow's rollout may run ahead of the update (``train.max_off_policy_steps``), and
+   even on-policy the engine's numerics differ from the trainer's (vLLM, bf16).
 
 Gradient accumulation: pass as ``normalizer`` what ``aggregate`` divides by for the *whole* batch
 (its trained tokens, or its sequences with a trained token: ``train_batch.batch_normalizer``,
@@ -47,6 +52,7 @@ full-batch loss, gradients included. Metrics are aggregated the same way, so the
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -166,6 +172,8 @@ def clipped_surrogate_loss(
     clip_ratio_high: float | None,
     aggregation: Aggregation,
     normalizer: float | None = None,
+    behaviour_logp: Tensor | None = None,
+    importance_sampling_cap: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The PPO clipped objective per token, negated to a loss and aggregated.
 
@@ -176,10 +184,21 @@ def clipped_surrogate_loss(
         loss_mask: ``[B, T]`` bool or 0/1, True where the policy generated the token.
         clip_ratio, clip_ratio_high: ``ε_low`` and ``ε_high`` (``train.clip_ratio``, ``train.clip_ratio_high``;
             ``None``: ``ε_low``). aggregation (``train.loss_aggregation``), normalizer: see ``aggregate``.
+        behaviour_logp: ``[B, T]`` the same tokens' log-probs as the rollout engine recorded them when
+            sampling (the behaviour policy: an older policy when the rollout ran ahead of the update,
+            ``train.max_off_policy_steps``; the same policy up to numerics otherwise).
+        importance_sampling_cap: ``C`` of the truncated importance-sampling weight below
+            (``train.importance_sampling_cap``); ``None`` or no ``behaviour_logp``: weight 1.
 
     Per trained token, with ``ratio = exp(logp - old_logp)``::
 
-        loss = -min(ratio * A, clip(ratio, 1 - ε_low, 1 + ε_high) * A)
+        loss = -w * min(ratio * A, clip(ratio, 1 - ε_low, 1 + ε_high) * A)
+        w    = min(exp(old_logp - behaviour_logp), C)     (no gradient)
+
+    ``w`` is the truncated importance-sampling correction from the policy the update starts from
+    (``old_logp``) to the one that sampled (Ionides 2008; verl's ``tis_imp_ratio_cap``, PR #2953):
+    the clipped ratio keeps the step near the starting policy, ``w`` corrects for the tokens having
+    been drawn from another one, and the cap bounds its variance.
 
     Masked tokens are replaced by ``logp = old_logp = 0`` before anything is computed, so garbage
     (``-inf``, NaN) there yields neither a NaN loss nor a NaN gradient.
@@ -194,6 +213,8 @@ def clipped_surrogate_loss(
         - ``approx_kl``: k3 estimate of ``KL(π_old || π_θ)`` on the sampled tokens,
           ``ratio - 1 - log(ratio)`` (non-negative, lower variance than ``old_logp - logp``).
         - ``ratio_mean``: mean importance ratio.
+        - ``is_weight_mean``, ``is_capped_fraction`` (with ``behaviour_logp`` and a cap): the mean
+          of ``w`` and the share of trained tokens whose ``w`` was cut to ``C``.
     """
     _check_shapes(logp, old_logp, advantages, loss_mask)
     high = clip_ratio if clip_ratio_high is None else clip_ratio_high
@@ -204,6 +225,10 @@ def clipped_surrogate_loss(
     unclipped = -ratio * adv
     clipped = -torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + high) * adv
     per_token = torch.maximum(unclipped, clipped)  # = -min(ratio A, clip(ratio) A)
+    weight = None
+    if behaviour_logp is not None and importance_sampling_cap is not None:
+        weight = truncated_is_weight(old_logp, behaviour_logp, trained, importance_sampling_cap)
+        per_token = weight * per_token
     loss = aggregate(per_token, trained, aggregation, normalizer)
 
     def agg(x: Tensor) -> Tensor:
@@ -215,7 +240,21 @@ def clipped_surrogate_loss(
         "approx_kl": agg(kl_k3(torch.zeros_like(log_ratio), log_ratio)),  # ratio - 1 - log(ratio)
         "ratio_mean": agg(ratio),
     }
+    if weight is not None:
+        metrics["is_weight_mean"] = agg(weight)
+        metrics["is_capped_fraction"] = agg(weight >= importance_sampling_cap)
     return loss, metrics
+
+
+def truncated_is_weight(old_logp: Tensor, behaviour_logp: Tensor, loss_mask: Tensor, cap: float) -> Tensor:
+    """``[B, T]`` ``min(exp(old_logp - behaviour_logp), cap)`` at trained tokens, 1 elsewhere; no grad.
+
+    The exponent is clamped at ``log(cap)`` before ``exp`` (same result, no overflow to ``inf``)."""
+    if cap <= 0:
+        raise ValueError(f"the importance-sampling cap must be > 0, got {cap}")
+    trained = loss_mask.bool()
+    log_w = torch.where(trained, old_logp.detach().float() - behaviour_logp.detach().float(), 0.0)
+    return torch.exp(log_w.clamp(max=math.log(cap)))
 
 
 def _check_shapes(logp: Tensor, old_logp: Tensor, advantages: Tensor, loss_mask: Tensor) -> None:
@@ -240,6 +279,8 @@ def grpo_loss(
     ref_logp: Tensor | None = None,
     normalizer: float | None = None,
     entropy: Tensor | None = None,
+    behaviour_logp: Tensor | None = None,
+    importance_sampling_cap: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The GRPO loss: ``clipped_surrogate_loss + kl_coef * aggregate(kl_k3(logp, ref_logp))``.
 
@@ -250,6 +291,8 @@ def grpo_loss(
         ref_logp: ``[B, T]`` log-probs under the reference policy; required when ``kl_coef > 0``;
             when given with ``kl_coef = 0`` the KL is only reported.
         entropy: ``[B, T]`` per-token entropy (``head_log_probs(..., with_entropy=True)``), only reported.
+        behaviour_logp, importance_sampling_cap: the truncated importance-sampling weight of
+            ``clipped_surrogate_loss`` (the KL term is not weighted).
 
     Returns:
         ``(loss, metrics)``: the metrics of ``clipped_surrogate_loss`` plus ``kl`` (when
@@ -258,7 +301,8 @@ def grpo_loss(
     if kl_coef > 0 and ref_logp is None:
         raise ValueError("kl_coef > 0 needs ref_logp (log-probs under the reference policy)")
     loss, metrics = clipped_surrogate_loss(
-        logp, old_logp, advantages, loss_mask, clip_ratio, clip_ratio_high, aggregation, normalizer
+        logp, old_logp, advantages, loss_mask, clip_ratio, clip_ratio_high, aggregation, normalizer,
+        behaviour_logp=behaviour_logp, importance_sampling_cap=importance_sampling_cap,
     )
     trained = loss_mask.bool()
     if ref_logp is not None:

@@ -179,6 +179,7 @@ class PolicyTrainer:
                     clip_ratio=self.train.clip_ratio, clip_ratio_high=self.train.clip_ratio_high,
                     kl_coef=self.train.kl_coef, ref_logp=refs[index],
                     aggregation=self.train.loss_aggregation, normalizer=normalizer, entropy=entropy,
+                    behaviour_logp=mb.engine_logp, importance_sampling_cap=self.train.importance_sampling_cap,
                 )
                 loss.backward()
                 _accumulate(totals, {"loss": loss.detach()} | parts)
