@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger
 
 from flows.api_retries import ride_out_api_outages
 from flows.prepare_data import prepare_data
+from flows.rollout_ahead import rollout_result, rolling_ahead
 from flows.subflow_heartbeat import without_subflow_heartbeat
 from reinflow.config import ExperimentConfig, load_config
 from reinflow.faults import crash_point
@@ -31,13 +32,12 @@ from reinflow.training.memory_release import releasing_memory
 from reinflow.tracking.summary import run_summary
 from reinflow.run.stage_timer import iteration_summary, timed
 from reinflow.tracking.mlflow_run import finish_run, log_iteration, log_metric, start_run, tracking_uri
-from reinflow.run.session import TrainingSession, close_session, open_session
+from reinflow.run.session import TrainingSession, close_session, open_session, sync_engine_weights
 from reinflow.run.warmup import warm_start_needed
 from tasks.checkpoint import checkpoint
 from tasks.evaluate import evaluate
 from tasks.judge import judge
 from tasks.live import live, live_session
-from tasks.rollout import rollout
 from tasks.update import update
 from tasks.warmup import warmup
 
@@ -89,11 +89,17 @@ def train_iteration(run_dir: str, iteration: int, flow_run_name: str) -> dict[st
     release = config.train.release_free_memory  # each stage's freed heap back to the OS, after the stage
     with timed(seconds, "iteration"):
         with timed(seconds, "rollout"), releasing_memory(release):
-            rolled = rollout(config_dict, str(session.project_root), run_dir, iteration, session.cursor)
-        with timed(seconds, "judge"):
-            judged = judge(config_dict, run_dir, iteration, rolled["path"])
-        with timed(seconds, "update"), releasing_memory(release):
-            updated = update(run_dir, iteration, judged["path"])
+            rolled = rollout_result(session, iteration)  # rolled ahead beside the last update, or now
+        with rolling_ahead(session, iteration, rolled) as ahead:  # the next rollouts, beside this update
+            with timed(seconds, "judge"):
+                judged = judge(config_dict, run_dir, iteration, rolled["path"])
+            with timed(seconds, "update"), releasing_memory(release):
+                updated = update(run_dir, iteration, judged["path"], sync_engine=ahead is None)
+            if ahead is not None:
+                with timed(seconds, "rollout"):  # what the rollouts ahead still took after the update
+                    ahead.wait()
+                with timed(seconds, "update"):
+                    updated["weight_sync_seconds"] = sync_engine_weights(session, iteration)
         metrics = {**rolled["metrics"], **judged["metrics"], **updated}
         log_trajectory_sample(session, iteration, Path(judged["path"]))
         session.cursor, session.iteration = rolled["next_cursor"], iteration

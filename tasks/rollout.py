@@ -16,14 +16,17 @@ from tasks.progress import stage_progress
 
 
 @task(name="rollout", task_run_name="rollout-iter-{iteration}", persist_result=True,
-      cache_policy=INPUTS + TASK_SOURCE)
-def rollout(config: dict[str, Any], project_root: str, run_dir: str, iteration: int, cursor: int) -> dict[str, Any]:
+      cache_policy=(INPUTS - "policy_version") + TASK_SOURCE)
+def rollout(config: dict[str, Any], project_root: str, run_dir: str, iteration: int, cursor: int,
+            policy_version: int = 0) -> dict[str, Any]:
     """Run ``group_size`` episodes for each of the next tasks from ``cursor`` on the live runtime
-    (``tasks.live``: engine, workflow).
+    (``tasks.live``: engine, workflow), whose weights are those of update ``policy_version``.
 
     Returns ``{"path", "next_cursor", "metrics"}``. The cache key is ``config`` (the validated
     config as a dict), the folders, the iteration and the cursor; the runtime is not a parameter:
-    it is what runs the episodes, not what they are.
+    it is what runs the episodes, not what they are. Nor is ``policy_version``: a rollout that ran
+    ahead of the update (``train.max_off_policy_steps``) and finished before a crash is reused by
+    the resumed run as it was, with the version it recorded, not sampled again.
     """
     runtime = live_objects().runtime
     experiment = ExperimentConfig.model_validate(config)
@@ -31,7 +34,8 @@ def rollout(config: dict[str, Any], project_root: str, run_dir: str, iteration: 
     output = Path(run_dir) / "rollouts" / f"iter_{iteration}.parquet"
     episodes = experiment.data.tasks_per_iteration * experiment.rollout.group_size
     with stage_progress(f"rollout iter {iteration}", episodes) as advance:
-        metrics, next_cursor = rollout_iteration(runtime, root / experiment.data.path, iteration, cursor, output, advance)
+        metrics, next_cursor = rollout_iteration(runtime, root / experiment.data.path, iteration, cursor, output, advance,
+                                                 policy_version=policy_version)
     crash_point("rollout", iteration)
     get_run_logger().info(
         "iteration %d: %d episodes, %.0f generated tokens (%.1f tok/s), %d failed, %d timed out",

@@ -1,4 +1,5 @@
-"""Prefect task: one GRPO update on ``judged/iter_N.parquet``; the engine gets the new weights."""
+"""Prefect task: one GRPO update on ``judged/iter_N.parquet``; the engine gets the new weights (or,
+with a rollout running ahead on it, the flow hands them over once that rollout is done)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from tasks.progress import count_progress
 
 
 @task(name="update", task_run_name="update-iter-{iteration}", cache_policy=NO_CACHE)
-def update(run_dir: str, iteration: int, judged_path: str) -> dict[str, Any]:
+def update(run_dir: str, iteration: int, judged_path: str, sync_engine: bool = True) -> dict[str, Any]:
     """Update the live session's policy of the run in ``run_dir`` (``tasks.live``). Not cached: it
     changes the in-memory policy (a resumed run restores it from a checkpoint)."""
     with count_progress(f"update iter {iteration}") as on_progress:
-        metrics = update_policy(live_session(run_dir), Path(judged_path), on_progress)
+        metrics = update_policy(live_session(run_dir), Path(judged_path), iteration, on_progress, sync_engine)
     crash_point("update", iteration)
     get_run_logger().info(
         "iteration %d: loss %.4f, grad norm %.3f, %d trained tokens, mismatch %.2e",

@@ -17,56 +17,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from reinflow.config.data_sources import HubSource, LocalSource, ReasoningGymSource
 from reinflow.config.section import Section
 from reinflow.config.workflow_choice import ImportPath, WorkflowChoice
 
 from reinflow.config.warmup import WarmupConfig
 
 
-# ----------------------------------------------------------------------------- data sources
-
-
-class HubSource(Section):
-    """A dataset on the Hugging Face hub (or any path `datasets.load_dataset` accepts)."""
-
-    type: Literal["hub"] = Field("hub", description="The discriminator of this choice.")
-    name: str = Field(description="Dataset id on the hub, e.g. `openai/gsm8k`, or a local dataset folder.")
-    subset: str | None = Field(None, description="Dataset config name, e.g. `main` for GSM8K.")
-    question_field: str = Field("question", description="Column holding the task text.")
-    answer_field: str = Field("answer", description="Column holding the reference answer.")
-
-
-class LocalSource(Section):
-    """Local JSONL or Parquet files, one per split."""
-
-    type: Literal["local"] = Field("local", description="The discriminator of this choice.")
-    files: dict[str, Path] = Field(
-        description="Split name → JSONL (`.jsonl`) or Parquet (`.parquet`) file; relative paths are "
-        "resolved against the project root."
-    )
-    question_field: str = Field("question", description="Field holding the task text.")
-    answer_field: str = Field("answer", description="Field holding the reference answer.")
-
-    @model_validator(mode="after")
-    def _known_suffixes(self) -> LocalSource:
-        for split, path in self.files.items():
-            if path.suffix not in (".jsonl", ".parquet"):
-                raise ValueError(f"files.{split}: '{path}' must end in .jsonl or .parquet")
-        return self
-
-
-class ReasoningGymSource(Section):
-    """Procedural tasks from `reasoning-gym` (offline), e.g. `basic_arithmetic`, `gsm_symbolic`."""
-
-    type: Literal["reasoning_gym"] = Field("reasoning_gym", description="The discriminator of this choice.")
-    name: str = Field(description="A reasoning-gym dataset name, e.g. `basic_arithmetic`.")
-    sizes: dict[str, Annotated[int, Field(ge=1, le=10_000_000)]] = Field(
-        description="Split name → number of tasks to generate, e.g. `{train: 512, test: 64}`."
-    )
-    seed: int = Field(0, ge=0, description="Generator seed; each split gets its own seed derived from it.")
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="Extra keyword arguments for the reasoning-gym generator."
-    )
+# ----------------------------------------------------------------------------- data
 
 
 DataSource = Annotated[HubSource | LocalSource | ReasoningGymSource, Field(discriminator="type")]
@@ -262,18 +220,12 @@ class TrainConfig(Section):
     )
     micro_batch_tokens: int = Field(4096, ge=16, le=10_000_000, description="Tokens per forward/backward micro-batch.")
     epochs_per_batch: int = Field(1, ge=1, le=64, description="Optimisation passes over each iteration's batch.")
-    max_off_policy_steps: int = Field(
-        0, ge=0, le=16,
-        description="How many iterations the rollout may run ahead of the update: with k > 0 the rollouts of "
-        "iterations N+1..N+k run while iteration N judges and updates, on the weights the engine has then (at most k "
-        "updates old; each sample's staleness is logged). 0: strictly on-policy, each rollout waits for the previous update.",
-    )
-    importance_sampling_cap: float | None = Field(
-        2.0, ge=1.0, le=1000.0,
-        description="Cap C of the truncated importance-sampling weight min(pi_old / pi_behaviour, C) on each trained "
-        "token's loss, pi_behaviour being the engine's recorded log-probs (off-policy samples, engine/trainer numerics). "
-        "None: no weight.",
-    )
+    max_off_policy_steps: int = Field(0, ge=0, le=16, description="k > 0: the rollouts of iterations N+1..N+k run "
+        "beside iteration N's judge and update, on the engine's weights then (samples at most k updates old; staleness "
+        "logged; reinflow/run/off_policy.py). 0: strictly on-policy, each rollout waits for the last update.")
+    importance_sampling_cap: float | None = Field(2.0, ge=1.0, le=1000.0, description="C of the truncated importance "
+        "weight min(pi_old / pi_sampler, C) on each trained token's loss, pi_sampler from the engine's recorded "
+        "log-probs (off-policy samples, engine numerics). None: no weight.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
     workers: int = Field(1, ge=1, le=1024, description="Policy workers (Ray actors) for `backbone: ray`.")

@@ -41,6 +41,7 @@ ROLLOUT_SCHEMA = pa.schema(
         ("generated_tokens", pa.int32()),
         ("finish_reason", pa.string()),  # of the last LLM call
         ("wall_seconds", pa.float64()),
+        ("policy_version", pa.int32()),  # the iteration whose update the sampling weights came from (0: the start)
     ]
 )
 

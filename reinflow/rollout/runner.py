@@ -84,9 +84,11 @@ async def run_rollout(
     episode_timeout_seconds: float,
     max_samples_per_episode: int,
     on_episode: Callable[[dict[str, Any]], None] | None = None,
+    policy_version: int | None = None,
 ) -> dict[str, float]:
     """Run every planned episode (at most ``concurrency`` at once), stream the rows to ``output``
-    (written atomically on success) and return the rollout metrics.
+    (written atomically on success) and return the rollout metrics. ``policy_version``: which
+    update's weights the engine serves (each row's ``policy_version``; None outside training).
 
     ``concurrency`` workers take the plans in order, one episode at a time each: only the episodes
     in flight exist as tasks, so memory does not grow with the number of plans."""
@@ -100,6 +102,7 @@ async def run_rollout(
             for plan in queue:
                 row = await run_episode(workflow, plan, make_model, iteration, episode_timeout_seconds,
                                         max_samples_per_episode)
+                row["policy_version"] = policy_version
                 stream.write(row)
                 summaries.append(_summary(row))
                 if on_episode is not None:

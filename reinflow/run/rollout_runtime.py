@@ -110,13 +110,14 @@ def load_workflow(config: ExperimentConfig, project_root: Path) -> Workflow:
 def roll_out(
     runtime: RolloutRuntime, tasks: Sequence[Task], episodes_per_task: int, output: Path, *, iteration: int,
     temperature: float | None = None, on_episode: Callable[[dict[str, Any]], None] | None = None,
+    policy_version: int | None = None,
 ) -> dict[str, float]:
     """Run ``episodes_per_task`` episodes of each task into ``output``; return the rollout metrics.
 
     The one way reinflow runs a batch of episodes: training (:func:`rollout_iteration`), evaluation
     (``reinflow.run.evaluation``) and ``reinflow rollout`` (``reinflow.run.debug_rollout``) all call it.
     ``temperature`` overrides ``rollout.temperature`` (0 for greedy evaluation); ``on_episode(row)``
-    is called as each episode finishes (progress)."""
+    is called as each episode finishes (progress); ``policy_version`` is recorded in every row."""
     config = runtime.config
     plans = plan_episodes(tasks, episodes_per_task, config.train.seed, iteration)
     return asyncio.run(
@@ -130,17 +131,19 @@ def roll_out(
             episode_timeout_seconds=config.rollout.episode_timeout_seconds,
             max_samples_per_episode=config.rollout.max_samples_per_episode,
             on_episode=on_episode,
+            policy_version=policy_version,
         )
     )
 
 
 def rollout_iteration(
     runtime: RolloutRuntime, data_path: Path, iteration: int, cursor: int, output: Path,
-    on_episode: Callable[[dict[str, Any]], None] | None = None,
+    on_episode: Callable[[dict[str, Any]], None] | None = None, policy_version: int = 0,
 ) -> tuple[dict[str, float], int]:
-    """Roll out the next ``tasks_per_iteration`` tasks into ``output``; return metrics and new cursor."""
+    """Roll out the next ``tasks_per_iteration`` tasks into ``output`` on the weights of update
+    ``policy_version``; return metrics (``policy_version`` among them) and the new cursor."""
     data = runtime.config.data
     tasks, next_cursor = next_tasks(data_path, data.train_split, cursor, data.tasks_per_iteration)
     metrics = roll_out(runtime, tasks, runtime.config.rollout.group_size, output, iteration=iteration,
-                       on_episode=on_episode)
-    return metrics, next_cursor
+                       on_episode=on_episode, policy_version=policy_version)
+    return metrics | {"policy_version": float(policy_version)}, next_cursor

@@ -19,6 +19,7 @@ from reinflow.run.checkpoint import latest_checkpoint, read_checkpoint, write_ch
 from reinflow.config import ExperimentConfig
 from reinflow.judging.judge import Judge, load_judge
 from reinflow.config.models import resolve_model
+from reinflow.run.off_policy import staleness_metrics
 from reinflow.run.retention import drop_judged_raw_files
 from reinflow.run.rollout_runtime import RolloutRuntime, build_runtime
 from reinflow.run.run_state import RunInfo
@@ -40,6 +41,8 @@ class TrainingSession:
     client: MlflowClient
     iteration: int = 0
     cursor: int = 0
+    engine_version: int = 0  # the iteration whose update the engine's weights are (0: the start)
+    rolled_ahead: dict[int, dict] = field(default_factory=dict)  # rollout task results of later iterations
 
     @property
     def checkpoints(self) -> Path:
@@ -82,22 +85,33 @@ def restore_latest(session: TrainingSession) -> None:
         session.policy.load_state(state)
         session.iteration, session.cursor = extra["iteration"], extra["cursor"]
     session.runtime.load_policy(session.policy)
+    session.engine_version = session.iteration
 
 
 def update_policy(
-    session: TrainingSession, judged_path: Path, on_progress: Callable[[int, int], None] | None = None
+    session: TrainingSession, judged_path: Path, iteration: int,
+    on_progress: Callable[[int, int], None] | None = None, sync_engine: bool = True,
 ) -> dict[str, float]:
-    """One GRPO update on the judged episodes, then hand the new weights to the engine.
+    """Iteration ``iteration``'s GRPO update on the judged episodes, then (``sync_engine``) hand the
+    new weights to the engine; with a rollout still running on the engine the caller syncs later
+    (:func:`sync_engine_weights`). The metrics include the samples' staleness (``off_policy``).
 
     ``on_progress(done, total)``: micro-batches, in process; one unit per step on Ray."""
     samples, batch_metrics = load_train_batch(judged_path, session.config.train)
-    metrics = dict(batch_metrics)
+    metrics = dict(batch_metrics) | staleness_metrics(judged_path, iteration)
     if samples:
         metrics |= session.policy.train_step(samples, batch_metrics["loss_normalizer"], on_progress=on_progress)
+    if sync_engine:
+        metrics["weight_sync_seconds"] = sync_engine_weights(session, iteration)
+    return metrics
+
+
+def sync_engine_weights(session: TrainingSession, version: int) -> float:
+    """Serve the policy's weights (those of update ``version``) from the engine; returns the seconds."""
     started = time.perf_counter()
     session.runtime.load_policy(session.policy)
-    metrics["weight_sync_seconds"] = time.perf_counter() - started
-    return metrics
+    session.engine_version = version
+    return time.perf_counter() - started
 
 
 def close_session(session: TrainingSession) -> None:

@@ -172,8 +172,7 @@ def clipped_surrogate_loss(
     clip_ratio_high: float | None,
     aggregation: Aggregation,
     normalizer: float | None = None,
-    behaviour_logp: Tensor | None = None,
-    importance_sampling_cap: float | None = None,
+    behaviour_logp: Tensor | None = None, importance_sampling_cap: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The PPO clipped objective per token, negated to a loss and aggregated.
 
@@ -184,21 +183,12 @@ def clipped_surrogate_loss(
         loss_mask: ``[B, T]`` bool or 0/1, True where the policy generated the token.
         clip_ratio, clip_ratio_high: ``ε_low`` and ``ε_high`` (``train.clip_ratio``, ``train.clip_ratio_high``;
             ``None``: ``ε_low``). aggregation (``train.loss_aggregation``), normalizer: see ``aggregate``.
-        behaviour_logp: ``[B, T]`` the same tokens' log-probs as the rollout engine recorded them when
-            sampling (the behaviour policy: an older policy when the rollout ran ahead of the update,
-            ``train.max_off_policy_steps``; the same policy up to numerics otherwise).
-        importance_sampling_cap: ``C`` of the truncated importance-sampling weight below
-            (``train.importance_sampling_cap``); ``None`` or no ``behaviour_logp``: weight 1.
+        behaviour_logp, importance_sampling_cap: the engine's recorded log-probs of the tokens and
+            ``C`` of the weight ``w`` (``truncated_is_weight``); either ``None``: ``w = 1``.
 
     Per trained token, with ``ratio = exp(logp - old_logp)``::
 
         loss = -w * min(ratio * A, clip(ratio, 1 - ε_low, 1 + ε_high) * A)
-        w    = min(exp(old_logp - behaviour_logp), C)     (no gradient)
-
-    ``w`` is the truncated importance-sampling correction from the policy the update starts from
-    (``old_logp``) to the one that sampled (Ionides 2008; verl's ``tis_imp_ratio_cap``, PR #2953):
-    the clipped ratio keeps the step near the starting policy, ``w`` corrects for the tokens having
-    been drawn from another one, and the cap bounds its variance.
 
     Masked tokens are replaced by ``logp = old_logp = 0`` before anything is computed, so garbage
     (``-inf``, NaN) there yields neither a NaN loss nor a NaN gradient.
@@ -213,12 +203,10 @@ def clipped_surrogate_loss(
         - ``approx_kl``: k3 estimate of ``KL(π_old || π_θ)`` on the sampled tokens,
           ``ratio - 1 - log(ratio)`` (non-negative, lower variance than ``old_logp - logp``).
         - ``ratio_mean``: mean importance ratio.
-        - ``is_weight_mean``, ``is_capped_fraction`` (with ``behaviour_logp`` and a cap): the mean
-          of ``w`` and the share of trained tokens whose ``w`` was cut to ``C``.
+        - ``is_weight_mean``, ``is_capped_fraction`` (with ``w``): mean ``w``, share cut to ``C``.
     """
     _check_shapes(logp, old_logp, advantages, loss_mask)
-    high = clip_ratio if clip_ratio_high is None else clip_ratio_high
-    trained = loss_mask.bool()
+    high, trained = clip_ratio if clip_ratio_high is None else clip_ratio_high, loss_mask.bool()
     log_ratio = torch.where(trained, logp.float(), 0.0) - torch.where(trained, old_logp.float(), 0.0)
     ratio = torch.exp(log_ratio)  # [B, T]
     adv = advantages.float().unsqueeze(-1)  # [B, 1]
@@ -228,26 +216,24 @@ def clipped_surrogate_loss(
     weight = None
     if behaviour_logp is not None and importance_sampling_cap is not None:
         weight = truncated_is_weight(old_logp, behaviour_logp, trained, importance_sampling_cap)
-        per_token = weight * per_token
-    loss = aggregate(per_token, trained, aggregation, normalizer)
-
-    def agg(x: Tensor) -> Tensor:
-        return aggregate(x.detach().float(), trained, aggregation, normalizer)
-
-    metrics = {
-        "policy_loss": loss.detach(),
-        "clip_fraction": agg(clipped > unclipped),
-        "approx_kl": agg(kl_k3(torch.zeros_like(log_ratio), log_ratio)),  # ratio - 1 - log(ratio)
-        "ratio_mean": agg(ratio),
-    }
+    loss = aggregate(per_token if weight is None else weight * per_token, trained, aggregation, normalizer)
+    reported = {"clip_fraction": clipped > unclipped, "ratio_mean": ratio,
+                "approx_kl": kl_k3(torch.zeros_like(log_ratio), log_ratio)}  # ratio - 1 - log(ratio)
     if weight is not None:
-        metrics["is_weight_mean"] = agg(weight)
-        metrics["is_capped_fraction"] = agg(weight >= importance_sampling_cap)
-    return loss, metrics
+        reported |= {"is_weight_mean": weight, "is_capped_fraction": weight >= importance_sampling_cap}
+    metrics = {name: aggregate(x.detach().float(), trained, aggregation, normalizer) for name, x in reported.items()}
+    return loss, {"policy_loss": loss.detach()} | metrics
 
 
 def truncated_is_weight(old_logp: Tensor, behaviour_logp: Tensor, loss_mask: Tensor, cap: float) -> Tensor:
     """``[B, T]`` ``min(exp(old_logp - behaviour_logp), cap)`` at trained tokens, 1 elsewhere; no grad.
+
+    The truncated importance-sampling correction from the policy the update starts from
+    (``old_logp``) to the one that sampled (``behaviour_logp``, the rollout engine's: an older policy
+    when the rollout ran ahead of the update, ``train.max_off_policy_steps``; the same one up to
+    numerics otherwise). Ionides 2008; verl's ``tis_imp_ratio_cap`` (PR #2953). The clipped ratio
+    keeps the step near the starting policy, ``w`` corrects for the tokens having been drawn from
+    another one, and the cap bounds its variance.
 
     The exponent is clamped at ``log(cap)`` before ``exp`` (same result, no overflow to ``inf``)."""
     if cap <= 0:
