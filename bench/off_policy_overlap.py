@@ -1,0 +1,96 @@
+"""Wall time per iteration with the rollout one iteration ahead of the update
+(``train.max_off_policy_steps: 1``) against strictly on-policy (``0``), on the Ray backbone of a
+two-node cluster simulated on this machine.
+
+    .venv/bin/python bench/off_policy_overlap.py            # ~12 minutes on 2 cores
+
+The cluster (``ray.cluster_utils.Cluster``): a head node that offers Ray no CPU, where the driver
+runs and with it the rollout engine (``rollout.engine_replicas: 1``, in the driver process, one torch
+thread: ``OMP_NUM_THREADS=1``), and a second node of one CPU, the only place the policy worker
+(``train.workers: 1``, ``cpus_per_worker: 1``) fits. So the engine and the trainer each have one
+core, on different nodes, as on a cluster where rollout and training live on different machines.
+
+Each run is ``reinflow train --conf configs/quickstart.yaml --backbone ray`` for ``--iterations``
+iterations (built-in SmolLM2-135M, 8 tasks x 4 episodes an iteration), with a small held-out set
+evaluated only at the start and the end and no checkpoint until the end, so that the iterations in
+between are rollout, judge and update alone. The figure is the median ``seconds/iteration`` (MLflow)
+of iterations 2 .. N-1: the first has nothing to overlap with, the last evaluates. ``--rounds``
+rounds each run both settings, in alternating order (a shared machine drifts). Reported: each run's
+median, and the ratio on-policy / ahead of the two settings' medians over all rounds.
+
+The run's held-out success is not what this measures (a few iterations); the quickstart's full
+run with ``train.max_off_policy_steps=1`` is (README, "Throughput").
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {"on-policy (k=0)": 0, "ahead (k=1)": 1}
+
+
+def run_once(address: str, steps: int, iterations: int, workdir: Path) -> list[float]:
+    """One ``reinflow train`` run; returns ``seconds/iteration`` of iterations 1..N from its MLflow."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    command = [str(Path(sys.executable).parent / "reinflow"), "train", "--conf", "configs/quickstart.yaml", "--backbone", "ray",
+               f"train.ray_address={address}", "train.workers=1", "train.cpus_per_worker=1",
+               f"train.iterations={iterations}", f"train.max_off_policy_steps={steps}", "train.eval_interval=1000",
+               f"train.checkpoint_interval={iterations}", "data.eval_tasks=8", f"tracking.mlflow_uri={uri}",
+               f"tracking.run_dir={workdir / 'runs'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
+    with (workdir / "train.log").open("w") as log:
+        subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "seconds/iteration")
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    runs: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    try:
+        for round_index in range(args.rounds):
+            order = list(SETTINGS.items())[:: 1 if round_index % 2 == 0 else -1]
+            for name, steps in order:
+                with tempfile.TemporaryDirectory(prefix="overlap-") as workdir:
+                    seconds = run_once(cluster.address, steps, args.iterations, Path(workdir))
+                middle = statistics.median(seconds[1:-1])
+                runs[name].append(middle)
+                print(f"round {round_index + 1}, {name}: median {middle:.2f} s/iteration "
+                      f"(iterations 2..{args.iterations - 1}; all: {', '.join(f'{s:.1f}' for s in seconds)})", flush=True)
+    finally:
+        cluster.shutdown()
+    on, ahead = (statistics.median(runs[name]) for name in SETTINGS)
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; engine and policy worker on 1 core each, 2 nodes")
+    print(f"on-policy {on:.2f} s/iteration, ahead {ahead:.2f} s/iteration: ahead is {on / ahead:.2f}x faster")
+    if args.json:
+        args.json.write_text(json.dumps({"runs": runs, "ratio": on / ahead}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
