@@ -17,7 +17,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from helpers.train_run import assert_run_is_whole, final_state, history, mlflow_run, project, run_dir, train
+from helpers.train_run import (BACKBONES, assert_run_is_whole, final_state, history, mlflow_run, project, run_dir,
+                               train)
 
 AHEAD = ("train.max_off_policy_steps=1", "train.iterations=3")
 
@@ -73,3 +74,13 @@ def test_resume_with_a_rollout_ahead_equals_an_uninterrupted_run(tmp_path, refer
     assert history(reference_run) == history(crashed)
     assert rollout_versions(crashed) == rollout_versions(reference_run)
     assert_run_is_whole(crashed, *AHEAD)
+
+
+@pytest.mark.slow
+@pytest.mark.reliability("an uninterrupted run with the rollout ahead samples on the weights one update old",
+                         tried="the same on the Ray backbone (2 policy workers), the rollout beside their update")
+def test_rollouts_run_ahead_on_the_ray_backbone(tmp_path):
+    ray_run = project(tmp_path)
+    train(ray_run, *AHEAD, *BACKBONES["ray"])
+    assert rollout_versions(ray_run) == {1: {0}, 2: {0}, 3: {1}}
+    assert_run_is_whole(ray_run, *AHEAD)
