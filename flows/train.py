@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import flows  # noqa: F401, I001  (first: applies the environment defaults; see flows/__init__.py)
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -111,17 +112,25 @@ def train_iteration(run_dir: str, iteration: int, flow_run_name: str) -> dict[st
         log_iteration(session.client, session.info.mlflow_run_id, iteration, metrics | seconds)
         crash_point("tracking", iteration)
         if iteration % config.train.checkpoint_interval == 0 or iteration == config.train.iterations:
-            with timed(seconds, "checkpoint"):
+            with timed(seconds, "checkpoint"):  # the copy of the state: the write goes on in the background
                 checkpoint(run_dir, iteration, session.cursor)
-            log_metric(session.client, session.info.mlflow_run_id, iteration, "seconds/checkpoint",
-                       seconds["seconds/checkpoint"])
-    log_metric(session.client, session.info.mlflow_run_id, iteration, "seconds/iteration", seconds["seconds/iteration"])
-    resources = disk_use(session.client, session.info.mlflow_run_id, session.run_dir) | memory_use()
-    for key, value in resources.items():
-        log_metric(session.client, session.info.mlflow_run_id, iteration, key, value)  # after the checkpoint
+    session.checkpoint_writer.after_write(partial(log_after_checkpoint, session, iteration, dict(seconds)))
     metrics |= seconds
     get_run_logger().info(iteration_summary(iteration, config.train.iterations, metrics))
     return metrics
+
+
+def log_after_checkpoint(session: TrainingSession, iteration: int, seconds: dict[str, float]) -> None:
+    """The iteration's metrics logged once its checkpoint is on disk (in the writer thread), so that
+    a re-run after a crash logs them once: ``seconds/checkpoint`` (the training thread's copy of the
+    state), ``seconds/checkpoint_write`` (the background write), ``seconds/iteration``, disk and memory."""
+    if "seconds/checkpoint" in seconds:
+        seconds["seconds/checkpoint_write"] = session.checkpoint_writer.last_write_seconds
+    keys = ("seconds/checkpoint", "seconds/checkpoint_write", "seconds/iteration")
+    metrics = {key: seconds[key] for key in keys if key in seconds}
+    metrics |= disk_use(session.client, session.info.mlflow_run_id, session.run_dir) | memory_use()
+    for key, value in metrics.items():
+        log_metric(session.client, session.info.mlflow_run_id, iteration, key, value)
 
 
 def evaluate_iteration(session: TrainingSession, iteration: int) -> dict[str, float]:
@@ -135,7 +144,9 @@ def evaluate_iteration(session: TrainingSession, iteration: int) -> dict[str, fl
 def finish(session: TrainingSession) -> dict[str, Any]:
     """Close the MLflow run and summarise it: baseline vs final held-out success, where time went,
     disk use (``disk``: the run folder and MLflow artifacts left, bytes this process wrote) and
-    memory (``memory``: this process's peak resident set, the run's process tree now)."""
+    memory (``memory``: this process's peak resident set, the run's process tree now). First waits
+    for the last checkpoint's background write (and the metrics logged after it)."""
+    session.checkpoint_writer.wait()
     curve = log_reward_curve(session)
     model_uri = log_final_policy(session)
     disk = disk_use(session.client, session.info.mlflow_run_id, session.run_dir)

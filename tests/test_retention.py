@@ -49,6 +49,7 @@ def test_a_checkpoint_compacts_the_iterations_it_covers_when_configured(tmp_path
 
     import torch
 
+    from reinflow.run.checkpoint_writer import CheckpointWriter
     from reinflow.run.session import save_checkpoint
 
     def session(policy_value: str, run):
@@ -56,7 +57,7 @@ def test_a_checkpoint_compacts_the_iterations_it_covers_when_configured(tmp_path
                                  tracking=SimpleNamespace(raw_episode_files=policy_value))
         policy = SimpleNamespace(state=lambda: {"weights": {"w": torch.zeros(2)}})
         return SimpleNamespace(config=config, policy=policy, run_dir=run, checkpoints=run / "checkpoints",
-                               info=SimpleNamespace(mlflow_run_id="r"))
+                               info=SimpleNamespace(mlflow_run_id="r"), checkpoint_writer=CheckpointWriter())
 
     for policy_value, kept in (("keep", True), ("drop_when_judged", False)):
         run = tmp_path / policy_value

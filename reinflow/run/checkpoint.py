@@ -25,6 +25,9 @@ was resumed from an earlier checkpoint) are removed too, so the latest is always
 A write the operating system refuses (disk full, file too large for a quota or ``ulimit -f``)
 raises ``CheckpointWriteError`` naming the checkpoint and the OS's reason, after removing the
 temporary folder: the earlier checkpoints stay as they were and a resume starts from the last one.
+
+The train flow calls ``write_checkpoint`` in a background thread, on a copy of the state, one write
+at a time (``reinflow.run.checkpoint_writer``); all of the above holds there as it does here.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from reinflow.run.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
+from reinflow.run.checkpoint_writer import CheckpointWriter, copy_state
 from reinflow.config import ExperimentConfig
 from reinflow.judging.judge import Judge, load_judge
 from reinflow.config.models import resolve_model
@@ -43,6 +44,7 @@ class TrainingSession:
     cursor: int = 0
     engine_version: int = 0  # the iteration whose update the engine's weights are (0: the start)
     rolled_ahead: dict[int, dict] = field(default_factory=dict)  # rollout task results of later iterations
+    checkpoint_writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # background checkpoint writes
 
     @property
     def checkpoints(self) -> Path:
@@ -115,9 +117,14 @@ def sync_engine_weights(session: TrainingSession, version: int) -> float:
 
 
 def close_session(session: TrainingSession) -> None:
-    """Release the policy (Ray workers, and Ray itself where the run started it) and the engine."""
-    session.policy.close()
-    session.runtime.close()
+    """Wait for the checkpoint being written (a run that ends, even by an error, keeps it; its write's
+    error is raised), then release the policy (Ray workers, and Ray itself where the run started it)
+    and the engine."""
+    try:
+        session.checkpoint_writer.wait()
+    finally:
+        session.policy.close()
+        session.runtime.close()
 
 
 def load_checkpoint_weights(runtime: RolloutRuntime, config: ExperimentConfig, checkpoint: Path) -> None:
@@ -130,12 +137,27 @@ def load_checkpoint_weights(runtime: RolloutRuntime, config: ExperimentConfig, c
     policy.close()
 
 
-def save_checkpoint(session: TrainingSession, iteration: int, cursor: int) -> Path:
-    """Write the iteration's checkpoint atomically (keeping the last K) and advance the session; then
-    compact the episode files it covers (``tracking.raw_episode_files``)."""
+def save_checkpoint(session: TrainingSession, iteration: int, cursor: int, *, background: bool = False) -> Path:
+    """Write the iteration's checkpoint atomically (keeping the last K), then compact the episode
+    files it covers (``tracking.raw_episode_files``); returns its folder. First waits for the write
+    in flight (raising its error). ``background``: this thread only copies the policy's state and
+    the session's ``checkpoint_writer`` writes it (``run.checkpoint_writer``): the folder is on disk
+    once ``session.checkpoint_writer.wait()`` returns."""
+    writer, config = session.checkpoint_writer, session.config
+    writer.wait()  # one write in flight, so at most one copy of the state
     extra = {"cursor": cursor, "mlflow_run_id": session.info.mlflow_run_id}
-    folder = write_checkpoint(session.checkpoints, iteration, session.policy.state(), extra,
-                              fingerprint=session.config.fingerprint(), keep=session.config.train.keep_checkpoints)
-    if session.config.tracking.raw_episode_files == "drop_when_judged":
-        drop_judged_raw_files(session.run_dir, iteration)  # a checkpoint covers them now
-    return folder
+    fingerprint, keep, compact = config.fingerprint(), config.train.keep_checkpoints, config.tracking.raw_episode_files
+    state = session.policy.state()
+    if background and config.backbone != "ray":  # PolicyTrainer.state(): views of the live tensors that
+        state = copy_state(state)  # the next step changes (RayPolicyGroup.state(): copies from the workers)
+
+    def write() -> Path:
+        folder = write_checkpoint(session.checkpoints, iteration, state, extra, fingerprint=fingerprint, keep=keep)
+        if compact == "drop_when_judged":
+            drop_judged_raw_files(session.run_dir, iteration)  # a checkpoint covers them now
+        return folder
+
+    if not background:
+        return write()
+    writer.submit(str(session.checkpoints / f"iter_{iteration}"), write)
+    return session.checkpoints / f"iter_{iteration}"
