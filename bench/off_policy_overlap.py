@@ -16,7 +16,9 @@ evaluated only at the start and the end and no checkpoint until the end, so that
 between are rollout, judge and update alone. The figure is the median ``seconds/iteration`` (MLflow)
 of iterations 2 .. N-1: the first has nothing to overlap with, the last evaluates. ``--rounds``
 rounds each run both settings, in alternating order (a shared machine drifts). Reported: each run's
-median, and the ratio on-policy / ahead of the two settings' medians over all rounds.
+median, where it went (the flow thread's seconds per stage, the rollout's and the trainer's own
+seconds, the staleness), and the ratio on-policy / ahead of the two settings' medians over all
+rounds. Overlap needs a free core for each side: on a machine busy with other work it cannot help.
 
 The run's held-out success is not what this measures (a few iterations); the quickstart's full
 run with ``train.max_off_policy_steps=1`` is (README, "Throughput").
@@ -42,12 +44,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"on-policy (k=0)": 0, "ahead (k=1)": 1}
 
 
-def run_once(address: str, steps: int, iterations: int, workdir: Path) -> list[float]:
-    """One ``reinflow train`` run; returns ``seconds/iteration`` of iterations 1..N from its MLflow."""
+STAGES = ("seconds/iteration", "seconds/rollout", "seconds/judge", "seconds/update", "rollout_seconds",
+          "update_seconds", "staleness_max")
+
+
+def run_once(address: str, steps: int, iterations: int, workdir: Path) -> dict[str, list[float]]:
+    """One ``reinflow train`` run; returns, per metric of ``STAGES``, its values at iterations 1..N
+    (``seconds/*``: the flow's thread; ``rollout_seconds``, ``update_seconds``: the rollout's and
+    the trainer's own time, wherever they ran)."""
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    command = [str(Path(sys.executable).parent / "reinflow"), "train", "--conf", "configs/quickstart.yaml", "--backbone", "ray",
+    command = [str(Path(sys.executable).parent / "reinflow"), "train", "--conf", "configs/quickstart.yaml",
+               "--backbone", "ray",
                f"train.ray_address={address}", "train.workers=1", "train.cpus_per_worker=1",
                f"train.iterations={iterations}", f"train.max_off_policy_steps={steps}", "train.eval_interval=1000",
                f"train.checkpoint_interval={iterations}", "data.eval_tasks=8", f"tracking.mlflow_uri={uri}",
@@ -57,8 +66,9 @@ def run_once(address: str, steps: int, iterations: int, workdir: Path) -> list[f
         subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
-    history = client.get_metric_history(run.info.run_id, "seconds/iteration")
-    return [m.value for m in sorted(history, key=lambda m: m.step)]
+    histories = {key: client.get_metric_history(run.info.run_id, key) for key in STAGES}
+    return {key: [m.value for m in sorted(history, key=lambda m: m.step) if m.step > 0]
+            for key, history in histories.items()}
 
 
 def main() -> None:
@@ -78,15 +88,20 @@ def main() -> None:
             order = list(SETTINGS.items())[:: 1 if round_index % 2 == 0 else -1]
             for name, steps in order:
                 with tempfile.TemporaryDirectory(prefix="overlap-") as workdir:
-                    seconds = run_once(cluster.address, steps, args.iterations, Path(workdir))
-                middle = statistics.median(seconds[1:-1])
-                runs[name].append(middle)
-                print(f"round {round_index + 1}, {name}: median {middle:.2f} s/iteration "
-                      f"(iterations 2..{args.iterations - 1}; all: {', '.join(f'{s:.1f}' for s in seconds)})", flush=True)
+                    metrics = run_once(cluster.address, steps, args.iterations, Path(workdir))
+                medians = {key: statistics.median(values[1:-1]) for key, values in metrics.items() if values[1:-1]}
+                runs[name].append(medians["seconds/iteration"])
+                seconds = metrics["seconds/iteration"]
+                print(f"round {round_index + 1}, {name}: median {medians['seconds/iteration']:.2f} s/iteration "
+                      f"(iterations 2..{args.iterations - 1}; all: {', '.join(f'{s:.1f}' for s in seconds)}); medians: "
+                      + ", ".join(f"{key} {value:.2f}" for key, value in medians.items() if key != "seconds/iteration"),
+                      flush=True)
     finally:
         cluster.shutdown()
     on, ahead = (statistics.median(runs[name]) for name in SETTINGS)
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; engine and policy worker on 1 core each, 2 nodes")
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, load average now {load}; "
+          "engine and policy worker on 1 core each, 2 nodes")
     print(f"on-policy {on:.2f} s/iteration, ahead {ahead:.2f} s/iteration: ahead is {on / ahead:.2f}x faster")
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "ratio": on / ahead}, indent=2))
