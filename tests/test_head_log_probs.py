@@ -42,7 +42,7 @@ def random_head(seed: int):
 @pytest.mark.parametrize("temperature", [1.0, 0.6, 1.7])
 def test_log_probs_and_entropy_match_loop(seed, temperature):
     hidden, weight, targets = random_head(seed)
-    logp, entropy = head_log_probs(hidden, weight, targets, temperature, with_entropy=True)
+    logp, entropy = head_log_probs(hidden, weight, targets, temperature, with_entropy=True, saved_bytes=1 << 30)
     logits = (hidden.double() @ weight.double().T).tolist()
     expected = [ref_log_prob(row, int(t), temperature) for row, t in zip(logits, targets)]
     torch.testing.assert_close(logp, torch.tensor(expected, dtype=torch.float32), atol=1e-5, rtol=1e-5)
@@ -57,7 +57,7 @@ def test_gradients_match_log_softmax_of_whole_logits(seed, temperature):
     hidden, weight, targets = random_head(seed)
     upstream = torch.randn(hidden.shape[0], generator=torch.Generator().manual_seed(seed))
     h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    logp, _ = head_log_probs(h, w, targets, temperature, with_entropy=False)
+    logp, _ = head_log_probs(h, w, targets, temperature, with_entropy=False, saved_bytes=1 << 30)
     grads = torch.autograd.grad((logp * upstream).sum(), (h, w))
     h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     full = torch.log_softmax(h2 @ w2.T / temperature, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -69,11 +69,11 @@ def test_gradients_match_log_softmax_of_whole_logits(seed, temperature):
 def test_the_callers_tensors_are_left_alone():
     hidden, weight, targets = random_head(0)
     before = hidden.clone(), weight.clone()
-    head_log_probs(hidden, weight, targets, 0.5, with_entropy=True)
+    head_log_probs(hidden, weight, targets, 0.5, with_entropy=True, saved_bytes=1 << 30)
     assert torch.equal(hidden, before[0]) and torch.equal(weight, before[1])
 
 
 def test_temperature_zero_is_refused():
     hidden, weight, targets = random_head(0)
     with pytest.raises(ValueError, match="temperature must be > 0"):
-        head_log_probs(hidden, weight, targets, 0.0, with_entropy=False)
+        head_log_probs(hidden, weight, targets, 0.0, with_entropy=False, saved_bytes=1 << 30)

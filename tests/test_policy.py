@@ -121,7 +121,7 @@ def test_chunked_head_log_probs_equal_the_plain_computation(temperature, saved_b
     plain_entropy = -(log_probs.exp() * log_probs).sum(-1).detach()
     for got, want in zip(fused, (plain_logp.detach(), plain_entropy, hidden.grad, weight.grad)):
         torch.testing.assert_close(got, want, atol=5e-5, rtol=1e-4)  # logits ~±16: matmul blocking differs
-    assert head_log_probs(hidden, weight, targets, temperature, with_entropy=False)[1].numel() == 0
+    assert head_log_probs(hidden, weight, targets, temperature, with_entropy=False, saved_bytes=1 << 30)[1].numel() == 0
 
 
 def test_update_changes_parameters_lowers_the_loss_and_favours_the_rewarded_token(folder):
@@ -161,6 +161,23 @@ def test_micro_batches_sum_to_the_full_batch_gradient(folder):
         assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-5, abs=1e-7)
     assert metrics[0]["trained_tokens"] == batch_normalizer(samples, "token_mean") == 22
 
+
+def test_head_saved_bytes_reaches_the_head_and_both_ways_give_the_same_step(folder, monkeypatch):
+    import reinflow.training.policy as policy_module
+
+    budgets = []
+    real = policy_module.head_log_probs
+    monkeypatch.setattr(policy_module, "head_log_probs",
+                        lambda *a, **k: budgets.append(k["saved_bytes"]) or real(*a, **k))
+    samples, grads, metrics = toy_batch(), [], []
+    for budget in (1 << 30, 0):  # probabilities kept vs logits recomputed in the backward pass
+        trainer = PolicyTrainer(make_config(head_saved_bytes=budget, kl_coef=0.0), folder)
+        metrics.append(trainer.train_step(samples))
+        grads.append({n: p.grad.clone() for n, p in trainer.parameters.items()})
+    assert set(budgets) == {1 << 30, 0}
+    assert_grads_close(grads[1], grads[0])
+    for key in ("loss", "entropy", "grad_norm"):
+        assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-5, abs=1e-7)
 
 def test_full_tuning_kl_reference_and_warmup(folder):
     trainer = PolicyTrainer(make_config(kl_coef=0.5, warmup_iterations=2), folder)

@@ -219,6 +219,15 @@ class TrainConfig(Section):
         "token_mean", description="Mean over all trained tokens in the batch, or mean of per-sequence token means."
     )
     micro_batch_tokens: int = Field(4096, ge=16, le=10_000_000, description="Tokens per forward/backward micro-batch.")
+    head_saved_bytes: int = Field(
+        256 * 2**20,
+        ge=0,
+        description="Largest [trained tokens, vocabulary] fp32 probability buffer of a micro-batch kept from the lm_head's "
+        "forward to its backward pass (reinflow/training/head_log_probs.py); above it the backward pass recomputes the "
+        "logits (one more lm_head GEMM) and holds one 128-row chunk. 256 MiB: 1365 trained tokens of a 49k vocabulary; "
+        "0 always recomputes. bench/update_step.py's batch (1536 trained tokens, 288 MiB) recomputes: its peak memory is "
+        "what the issue bounds.",
+    )
     epochs_per_batch: int = Field(1, ge=1, le=64, description="Optimisation passes over each iteration's batch.")
     max_off_policy_steps: int = Field(0, ge=0, le=16, description="k > 0: the rollouts of iterations N+1..N+k run "
         "beside iteration N's judge and update, on the engine's weights then (samples at most k updates old; staleness "
@@ -259,7 +268,8 @@ class TrainConfig(Section):
     seed: int = Field(0, ge=0, description="Seed for sampling, data order and initialisation.")
     release_free_memory: bool = Field(
         True,
-        description="After each rollout, update and evaluation, give the heap's freed pages back to the OS (glibc "
+        description="After each rollout, update and evaluation, and at the start of each policy update step, give the "
+        "heap's freed pages back to the OS (glibc "
         "malloc_trim; a no-op elsewhere). Keeps the resident set flat across iterations (reinflow/training/memory_release.py).",
     )
 

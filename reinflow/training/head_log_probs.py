@@ -8,7 +8,7 @@ chunks of ``HEAD_CHUNK_ROWS`` rows, and only the per-row logsumexp is kept for t
 
 The backward pass needs ``softmax(z)`` again. Two ways, chosen per call by size:
 
-- **kept**: when ``N * V`` fp32 fits in ``saved_bytes`` (default ``HEAD_SAVED_BYTES``), the forward
+- **kept**: when ``N * V`` fp32 fits in ``saved_bytes`` (the trainer's ``train.head_saved_bytes``), the forward
   pass computes all logits in one GEMM into an ``[N, V]`` buffer, turns it into probabilities
   chunk by chunk in place, and the backward pass turns those into ``dz`` in place and takes both
   gradients as one GEMM each: no second lm_head matmul, and no chunk-sized GEMMs that stream the
@@ -36,13 +36,9 @@ HEAD_CHUNK_ROWS = 128
 (300 MB for 1.5k tokens, ~10 of them per step) were each mmapped and page-faulted anew: ~3 GB of
 page faults per step of the built-in model, and ~1 GB of peak memory."""
 
-HEAD_SAVED_BYTES = 1 << 30
-"""Largest ``[N, V]`` fp32 probability buffer kept from the forward to the backward pass (1 GiB:
-5.4k trained tokens of a 49k vocabulary); above it the backward pass recomputes the logits."""
-
 
 def head_log_probs(hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float,
-                   with_entropy: bool, saved_bytes: int = HEAD_SAVED_BYTES,
+                   with_entropy: bool, saved_bytes: int,
                    packed_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``log softmax(hidden @ weight.T / τ)[target]`` per row, and the entropy of that softmax.
 

@@ -26,7 +26,10 @@ scheduler in memory between iterations. One ``train_step`` is one iteration's up
    On CPU in fp32 every ``nn.Linear`` runs on oneDNN-packed weights (``reinflow.training.packed_linear``;
    the lm_head's forward GEMM only); the trainer re-packs them after every in-place weight change
    (optimizer step, ``load_state``, the initial broadcast). RMSNorms of the Llama/Qwen form run
-   as one autograd node with a hand-written backward (``reinflow.training.fused_rms_norm``).
+   as one autograd node with a hand-written backward (``reinflow.training.fused_rms_norm``), and
+   SwiGLU MLPs over packed projections as one node that keeps two of their four ``[B, L, I]``
+   activations (``reinflow.training.fused_mlp``). With ``train.release_free_memory`` a step starts
+   by giving the heap's freed pages back (``memory_release``): its peak holds only its own.
 3. The LR scheduler steps **once per iteration** (per ``train_step``), not per optimizer step:
    ``warmup_iterations`` counts iterations, and the epochs of one batch share one LR.
    ``lr(i) = lr * min(1, (i + 1) / (warmup_iterations + 1))`` for the ``i``-th iteration (0-based).
@@ -58,9 +61,11 @@ from torch import Tensor, nn
 
 from reinflow.config import ExperimentConfig, LoraTuning
 from reinflow.training import grpo
+from reinflow.training.fused_mlp import fuse_mlps
 from reinflow.training.fused_rms_norm import fuse_rms_norms
 from reinflow.training.gradient_sync import broadcast_parameters, sum_gradients_over_ranks
 from reinflow.training.head_log_probs import head_log_probs
+from reinflow.training.memory_release import release_free_memory
 from reinflow.training.packed_linear import pack_linears, repack, supported
 from reinflow.training.padded_batch import PaddedBatch, collate
 from reinflow.training.rng_state import rng_state, set_rng_state
@@ -104,6 +109,7 @@ class PolicyTrainer:
         self.model.train()
         fuse_rms_norms(self.model)
         self._packed = pack_linears(self.model, self.train.micro_batch_tokens, forward_only=head) if supported(self.model) else []
+        fuse_mlps(self.model)  # after packing: it fuses MLPs whose projections are packed
         self.parameters = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(  # fused: one kernel for all tensors, ~4x faster on CPU
             list(self.parameters.values()), lr=self.train.lr, weight_decay=self.train.weight_decay, fused=True
@@ -133,6 +139,8 @@ class PolicyTrainer:
         scheduler still advances (it counts iterations).
         """
         started = time.perf_counter()
+        if self.train.release_free_memory:  # the heap pages freed since: this step's peak holds only its own
+            release_free_memory()
         normalizer = self._resolve_normalizer(samples, normalizer)
         lr = self.scheduler.get_last_lr()[0]
         batches = [collate(mb, self.device) for mb in micro_batches(samples, self.train.micro_batch_tokens)]
@@ -214,6 +222,7 @@ class PolicyTrainer:
         head = model.get_output_embeddings()
         token_logp, token_entropy = head_log_probs(
             selected, head.weight, mb.targets[mb.loss_mask], temperature or self.temperature, with_entropy,
+            saved_bytes=self.train.head_saved_bytes,
             packed_weight=getattr(head, "packed", None),  # a PackedLinear's: the forward GEMM on oneDNN
         )
         logp = torch.zeros(mb.loss_mask.shape, dtype=torch.float32, device=self.device)
