@@ -131,7 +131,10 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(THREADS)
     side, tuning = ("trl", args.worker[4:]) if args.worker.startswith("trl-") else ("ours", args.worker)
-    config = load_config(ROOT / "configs" / "quickstart.yaml", [f"model.path={args.model}"])
+    # no truncated importance weight: the synthetic batch has no real engine log-probs (TRL applies
+    # one only to vLLM-generated samples); with it, ours would train on a gradient ~1000x smaller
+    config = load_config(ROOT / "configs" / "quickstart.yaml", [f"model.path={args.model}",
+                                                                 "train.importance_sampling_cap=null"])
     config.model.tuning = LoraTuning() if tuning == "lora" else FullTuning()
     folder = resolve_model(args.model)
     measure = _trl_steps if side == "trl" else _our_steps

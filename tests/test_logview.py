@@ -65,7 +65,7 @@ GROUPS = [
 
 def write(path: Path, rows: list[dict], schema: pa.Schema = JUDGED_SCHEMA) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema=schema), path)
+    pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema), path)
     return path
 
 
