@@ -81,6 +81,8 @@ def test_resume_with_a_rollout_ahead_equals_an_uninterrupted_run(tmp_path, refer
                          tried="the same on the Ray backbone (2 policy workers), the rollout beside their update")
 def test_rollouts_run_ahead_on_the_ray_backbone(tmp_path):
     ray_run = project(tmp_path)
-    train(ray_run, *AHEAD, *BACKBONES["ray"])
+    ray = ("backbone=ray", "train.workers=2", "train.cpus_per_worker=1")  # what BACKBONES["ray"] sets
+    assert BACKBONES["ray"] == ["--backbone", "ray", *ray[1:]]
+    train(ray_run, *AHEAD, *ray[1:], "--backbone", "ray")
     assert rollout_versions(ray_run) == {1: {0}, 2: {0}, 3: {1}}
-    assert_run_is_whole(ray_run, *AHEAD)
+    assert_run_is_whole(ray_run, *AHEAD, *ray)
