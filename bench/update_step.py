@@ -134,7 +134,7 @@ def worker(args: argparse.Namespace) -> dict:
     # no truncated importance weight: the synthetic batch has no real engine log-probs (TRL applies
     # one only to vLLM-generated samples); with it, ours would train on a gradient ~1000x smaller
     config = load_config(ROOT / "configs" / "quickstart.yaml", [f"model.path={args.model}",
-                                                                 "train.importance_sampling_cap=null"])
+                                                                 "train.importance_sampling_cap=null", *args.set])
     config.model.tuning = LoraTuning() if tuning == "lora" else FullTuning()
     folder = resolve_model(args.model)
     measure = _trl_steps if side == "trl" else _our_steps
@@ -200,6 +200,8 @@ def run_configuration(worker_name: str, args: argparse.Namespace) -> dict:
                "--prompt-tokens", str(args.prompt_tokens), "--model", args.model]
     if args.trl_gradient_checkpointing:
         command.append("--trl-gradient-checkpointing")
+    for override in args.set:
+        command += ["--set", override]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(f"error: the {worker_name} worker failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -309,6 +311,8 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64, help="of which untrained prompt")
     parser.add_argument("--model", default="builtin:smollm2-135m-instruct", help="e.g. builtin:tiny-random-llama for a smoke run")
     parser.add_argument("--no-trl", action="store_true", help="skip the TRL baseline")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for our side, e.g. train.activation_checkpointing=true (repeatable)")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true",
                         help="TRL with its default gradient checkpointing (recomputes activations)")
     parser.add_argument("--worker", choices=["full", "lora", "trl-full", "trl-lora"], help=argparse.SUPPRESS)

@@ -112,7 +112,7 @@ def train_iteration(run_dir: str, iteration: int, flow_run_name: str) -> dict[st
         log_iteration(session.client, session.info.mlflow_run_id, iteration, metrics | seconds)
         crash_point("tracking", iteration)
         if iteration % config.train.checkpoint_interval == 0 or iteration == config.train.iterations:
-            with timed(seconds, "checkpoint"):  # the copy of the state: the write goes on in the background
+            with timed(seconds, "checkpoint"):  # handing the state over: the write goes on in the background
                 checkpoint(run_dir, iteration, session.cursor)
     session.checkpoint_writer.after_write(partial(log_after_checkpoint, session, iteration, dict(seconds)))
     metrics |= seconds
@@ -122,8 +122,8 @@ def train_iteration(run_dir: str, iteration: int, flow_run_name: str) -> dict[st
 
 def log_after_checkpoint(session: TrainingSession, iteration: int, seconds: dict[str, float]) -> None:
     """The iteration's metrics logged once its checkpoint is on disk (in the writer thread), so that
-    a re-run after a crash logs them once: ``seconds/checkpoint`` (the training thread's copy of the
-    state), ``seconds/checkpoint_write`` (the background write), ``seconds/iteration``, disk and memory."""
+    a re-run after a crash logs them once: ``seconds/checkpoint`` (the training thread handing the
+    state over), ``seconds/checkpoint_write`` (the background write), ``seconds/iteration``, disk and memory."""
     if "seconds/checkpoint" in seconds:
         seconds["seconds/checkpoint_write"] = session.checkpoint_writer.last_write_seconds
     keys = ("seconds/checkpoint", "seconds/checkpoint_write", "seconds/iteration")

@@ -1,7 +1,7 @@
-"""Checkpoint writes in the background (reinflow/run/checkpoint_writer.py): the training thread only
-copies the state; the write runs in one other thread, one at a time; its errors come back at the
-next wait; closing the session waits for it; a process killed mid-write resumes from the previous
-checkpoint."""
+"""Checkpoint writes in the background (reinflow/run/checkpoint_writer.py): the write reads the live
+state in one other thread, one at a time, and the policy's next in-place change waits for it; its
+errors come back at the next wait (not at the policy's wait); closing the session waits for it; a
+process killed mid-write resumes from the previous checkpoint."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from test_checkpoint import batch, make_config
 import reinflow.run.session as session_module
 from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
 from reinflow.run.checkpoint import COMPLETE, CheckpointWriteError, latest_checkpoint, list_checkpoints, read_checkpoint
-from reinflow.run.checkpoint_writer import CheckpointWriter, copy_state
+from reinflow.run.checkpoint_writer import CheckpointWriter, detach_containers
 from reinflow.run.session import close_session, save_checkpoint
 from reinflow.training.policy import PolicyTrainer
 
@@ -37,15 +37,21 @@ def fake_session(run: Path, policy, backbone: str = "debug") -> SimpleNamespace:
 
 
 class LivePolicy:
-    """Like ``PolicyTrainer``: ``state()`` hands out views of tensors that the next step changes in place."""
+    """Like ``PolicyTrainer``: ``state()`` hands out views of tensors that the next step changes in
+    place, after waiting for the readers ``hold_state`` registered."""
 
     def __init__(self) -> None:
-        self.weight, self.moment, self.closed = torch.zeros(4), torch.zeros(4), False
+        self.weight, self.moment, self.closed, self.readers = torch.zeros(4), torch.zeros(4), False, []
 
     def state(self) -> dict:
         return {"weights": {"w": self.weight.detach()}, "optimizer": {"state": {0: {"exp_avg": self.moment}}}}
 
+    def hold_state(self, until) -> None:
+        self.readers.append(until)
+
     def step(self) -> None:
+        while self.readers:
+            self.readers.pop()()
         self.weight.add_(1.0)
         self.moment.add_(1.0)
 
@@ -80,12 +86,16 @@ def test_the_write_runs_in_another_thread_and_the_caller_returns_first(tmp_path,
     assert read_checkpoint(folder, fingerprint="f")[1]["cursor"] == 5
 
 
-def test_the_copy_is_not_changed_by_the_steps_after_the_submit(tmp_path, blocked_writes):
+def test_the_step_after_the_submit_waits_for_the_write(tmp_path, blocked_writes):
     policy = LivePolicy()
     session = fake_session(tmp_path, policy)
     save_checkpoint(session, 1, 0, background=True)
-    policy.step()  # the next update, while the write is still held
+    step = threading.Thread(target=policy.step)  # the next update, while the write is still held
+    step.start()
+    step.join(1.0)
+    assert step.is_alive() and torch.equal(policy.weight, torch.zeros(4))  # held by the write
     blocked_writes.release.set()
+    step.join(30)
     session.checkpoint_writer.wait()
     state, _ = read_checkpoint(tmp_path / "checkpoints" / "iter_1", fingerprint="f")
     assert torch.equal(state["weights"]["w"], torch.zeros(4))
@@ -93,26 +103,61 @@ def test_the_copy_is_not_changed_by_the_steps_after_the_submit(tmp_path, blocked
     assert torch.equal(policy.weight, torch.ones(4))
 
 
-def test_the_policy_trainer_state_is_live_and_its_copy_is_not(tmp_path, blocked_writes):
-    """Why the copy is needed: ``PolicyTrainer.state()`` shares memory with the weights and Adam's
-    moments that the next ``train_step`` changes; the checkpoint written meanwhile keeps the old ones."""
+def test_the_write_reads_the_live_tensors_no_copy(tmp_path, monkeypatch):
+    policy, written = LivePolicy(), []
+    real = session_module.write_checkpoint
+    monkeypatch.setattr(session_module, "write_checkpoint",
+                        lambda folder, iteration, state, *a, **k: written.append(state) or real(folder, iteration, state, *a, **k))
+    session = fake_session(tmp_path, policy)
+    save_checkpoint(session, 1, 0, background=True)
+    session.checkpoint_writer.wait()
+    assert written[0]["weights"]["w"].data_ptr() == policy.weight.data_ptr()
+    assert written[0]["optimizer"]["state"][0]["exp_avg"] is policy.moment
+
+
+def test_detach_containers_rebuilds_all_but_the_tensors():
+    tensor, lr = torch.zeros(2), [1e-5]
+    live = {"optimizer": {"state": {0: {"exp_avg": tensor}}, "param_groups": [{"lr": lr, "betas": (0.9, 0.99)}]}}
+    detached = detach_containers(live)
+    assert detached == live and detached["optimizer"]["state"][0]["exp_avg"] is tensor
+    live["optimizer"]["state"][0]["exp_avg"] = torch.ones(2)  # what the training thread reassigns
+    lr.append(2e-5)
+    assert detached["optimizer"]["state"][0]["exp_avg"] is tensor and detached["optimizer"]["param_groups"][0]["lr"] == [1e-5]
+
+
+def test_the_policy_trainer_update_waits_for_the_write_of_its_live_state(tmp_path, blocked_writes):
+    """``PolicyTrainer.state()`` shares memory with the weights and Adam's moments that the next
+    ``train_step`` changes: that step's optimizer step waits until the write has read them."""
     config = make_config()
     trainer = PolicyTrainer(config, resolve_model(TINY_RANDOM_LLAMA))
     trainer.train_step(batch(0))
     live = trainer.state()
-    before = copy_state(live)
+    before = {key: value.clone() for key, value in live["weights"].items()}
+    moments_before = [group["exp_avg"].clone() for group in live["optimizer"]["state"].values()]
     session = fake_session(tmp_path, trainer)
     save_checkpoint(session, 1, 0, background=True)
-    trainer.train_step(batch(1))
-    name = next(iter(before["weights"]))
-    assert not torch.equal(live["weights"][name], before["weights"][name])  # the view moved with the step
+    update = threading.Thread(target=trainer.train_step, args=(batch(1),))
+    update.start()
+    update.join(3.0)  # long enough for the tiny model's forward and backward passes
+    assert all(torch.equal(live["weights"][key], value) for key, value in before.items())  # not stepped yet
     blocked_writes.release.set()
+    update.join(60)
     session.checkpoint_writer.wait()
+    name = next(iter(before))
+    assert not torch.equal(live["weights"][name], before[name])  # the step ran once the write was done
     state, _ = read_checkpoint(tmp_path / "checkpoints" / "iter_1", fingerprint="f")
-    assert all(torch.equal(state["weights"][key], value) for key, value in before["weights"].items())
-    moments = [(a["exp_avg"], b["exp_avg"]) for a, b in zip(state["optimizer"]["state"].values(),
-                                                            before["optimizer"]["state"].values())]
-    assert moments and all(torch.equal(a, b) for a, b in moments)
+    assert all(torch.equal(state["weights"][key], value) for key, value in before.items())
+    moments = [group["exp_avg"] for group in state["optimizer"]["state"].values()]
+    assert moments and all(torch.equal(a, b) for a, b in zip(moments, moments_before))
+
+
+def test_a_write_error_is_left_for_the_checkpoint_not_raised_in_the_update(tmp_path):
+    writer = CheckpointWriter()
+    writer.submit("iter_1", lambda: 1 / 0)
+    writer.join()  # what the policy's hold calls: no error here
+    with pytest.raises(ZeroDivisionError) as raised:
+        writer.wait()
+    assert "iter_1" in raised.value.__notes__[0]
 
 
 def test_a_write_error_comes_back_at_the_next_wait_with_the_checkpoint_name(tmp_path):
@@ -179,25 +224,18 @@ def test_closing_the_session_waits_for_the_write(tmp_path, blocked_writes):
     assert (tmp_path / "checkpoints" / "iter_1" / COMPLETE).is_file() and policy.closed
 
 
-def test_the_ray_backbone_state_is_not_copied_again(tmp_path, monkeypatch):
-    copies = []
-    monkeypatch.setattr(session_module, "copy_state", lambda state: copies.append(state) or state)
-    save_checkpoint(fake_session(tmp_path, LivePolicy(), backbone="ray"), 1, 0, background=True)
-    save_checkpoint(fake_session(tmp_path / "debug", LivePolicy()), 1, 0, background=True)
-    assert len(copies) == 1
-
-
 KILLED_MID_WRITE = textwrap.dedent("""
     import sys, torch
     from pathlib import Path
     from types import SimpleNamespace
-    from reinflow.run.checkpoint_writer import CheckpointWriter
+    from reinflow.run.checkpoint_writer import CheckpointWriter, detach_containers
     from reinflow.run.session import save_checkpoint
 
     run = Path(sys.argv[1])
     config = SimpleNamespace(fingerprint=lambda: "f", backbone="debug", train=SimpleNamespace(keep_checkpoints=2),
                              tracking=SimpleNamespace(raw_episode_files="keep"))
-    policy = SimpleNamespace(state=lambda: {"weights": {"w": torch.full((64,), float(len(list(run.rglob("COMPLETE")))))}})
+    policy = SimpleNamespace(state=lambda: {"weights": {"w": torch.full((64,), float(len(list(run.rglob("COMPLETE")))))}},
+                             hold_state=lambda until: None)
     session = SimpleNamespace(config=config, policy=policy, run_dir=run, checkpoints=run / "checkpoints",
                               info=SimpleNamespace(mlflow_run_id="r"), checkpoint_writer=CheckpointWriter())
     save_checkpoint(session, 1, 2, background=True)

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 from reinflow.engines.base import Generation, SamplingParams
 from reinflow.engines.factory import create_engine
 from reinflow.engines.hf import EngineBusyError, EngineClosedError, HFEngine
+from reinflow.engines.hf_model import decoder_linear_weights
 from reinflow.engines.packed_decoder import FusedLinear, matmul_attention
 from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
 
@@ -208,6 +209,27 @@ def test_load_weights_changes_outputs_and_back(folder):
     before, swapped, again = with_engine(folder, body)
     assert swapped.token_ids != before.token_ids and swapped.logprobs != pytest.approx(before.logprobs)
     assert again == before
+
+
+def test_the_packed_engine_keeps_no_plain_linear_weights_and_packs_new_ones_without_keeping_them(folder):
+    other = load_file(resolve_model(TINY_RANDOM_LLAMA + "?seed=1") / "model.safetensors")
+    fresh = HFEngine(resolve_model(TINY_RANDOM_LLAMA + "?seed=1"), max_model_len=256, max_batch_size=4)
+
+    async def body(engine: HFEngine) -> tuple[list[int], list[int]]:
+        assert all(weight.numel() == 0 for weight in decoder_linear_weights(engine.model).values())
+        engine.load_weights(other)
+        assert all(weight.numel() == 0 for weight in decoder_linear_weights(engine.model).values())
+        name = next(iter(decoder_linear_weights(engine.model)))
+        with pytest.raises(ValueError, match=f"{name} has shape"):
+            engine.load_weights(other | {name: other[name][:1]})
+        return (await engine.generate(PROMPTS[1], greedy(12))).token_ids, (await fresh.generate(PROMPTS[1], greedy(12))).token_ids
+
+    try:
+        loaded, built = with_engine(folder, body, max_model_len=256, max_batch_size=4)
+    finally:
+        asyncio.run(fresh.close())
+    assert loaded == built  # packed straight from the given tensors: as if built from them
+    assert all(tensor.numel() > 0 for tensor in other.values())  # the caller's tensors are left as they were
 
 
 def test_many_concurrent_requests_complete(folder):

@@ -307,3 +307,31 @@ def test_two_ranks_take_the_single_process_step(folder, tmp_path):
     assert sum(r["metrics"]["loss"] for r in ranks) == pytest.approx(metrics["loss"], abs=1e-6)
     assert ranks[0]["metrics"]["grad_norm"] == pytest.approx(metrics["grad_norm"], rel=1e-5)
 
+
+
+def saved_activation_bytes(trainer: PolicyTrainer, samples: list[TrainSample]) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of one forward (no step taken)."""
+    saved = []
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        if not isinstance(tensor, torch.nn.Parameter):
+            saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    mb = collate(samples, trainer.device)
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        trainer._logp(trainer.model, mb, with_entropy=False)
+    return sum(saved)
+
+
+def test_activation_checkpointing_takes_the_same_step_and_keeps_fewer_activations(folder):
+    samples, grads, metrics, kept = toy_batch(), [], [], []
+    for checkpointing in (False, True):
+        trainer = PolicyTrainer(make_config(activation_checkpointing=checkpointing, kl_coef=0.0), folder)
+        kept.append(saved_activation_bytes(trainer, samples))
+        metrics.append(trainer.train_step(samples))
+        grads.append({n: p.grad.clone() for n, p in trainer.parameters.items()})
+    assert_grads_close(grads[1], grads[0])
+    for key in ("loss", "entropy", "grad_norm"):
+        assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-5, abs=1e-7)
+    assert kept[1] < kept[0] / 2  # only the decoder layers' inputs (and the head's) are kept

@@ -266,6 +266,12 @@ class TrainConfig(Section):
     eval_interval: int = Field(5, ge=1, description="Evaluate every this many iterations (and at iteration 0).")
     eval_pass_k: int = Field(4, ge=1, le=64, description="k of the sampled pass@k evaluation (1: greedy pass@1 only).")
     seed: int = Field(0, ge=0, description="Seed for sampling, data order and initialisation.")
+    activation_checkpointing: bool = Field(
+        False,
+        description="Keep only each decoder layer's input during the forward pass and recompute the layer in the "
+        "backward pass (transformers' gradient checkpointing, non-reentrant): the update's activations shrink to about "
+        "one layer's, for about one more forward pass of time. Off: the fastest update.",
+    )
     release_free_memory: bool = Field(
         True,
         description="After each rollout, update and evaluation, and at the start of each policy update step, give the "

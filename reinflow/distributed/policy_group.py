@@ -281,6 +281,9 @@ class RayPolicyGroup:
         state, *rank_rng = self._call(refs, "state", self.timeout_s)
         return state | {"rank_rng": rank_rng}
 
+    def hold_state(self, until: Callable[[], object]) -> None:
+        """Nothing to hold: ``state()`` returned copies fetched from the workers."""
+
     def load_state(self, state: dict) -> None:
         """Restore ``state`` on every rank (shipped to the object store once). Ranks 1.. get their
         own RNG state from ``rank_rng`` when it has one per rank, else rank 0's (a checkpoint of

@@ -46,7 +46,9 @@ on its batch.
 
 Weights: ``load_weights`` copies new weights into the model, re-packs them and forgets the parked
 rows; it refuses while any request is in flight (`EngineBusyError`): a rollout stage awaits all
-its episodes first.
+its episodes first. Packed (CPU, fp32), the decoder layers' linear weights live only in their
+packed copies: the model's own are emptied after packing, and ``load_weights`` packs the new ones
+straight from the tensors it is given (``hf_model.point_linear_weights``).
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ import torch
 
 from reinflow.engines.base import FinishReason, Generation, SamplingParams
 from reinflow.engines.engine_stats import EngineStats
-from reinflow.engines.hf_model import DTYPES, check_supported, eos_ids, load_weights_into, read_weights_folder
+from reinflow.engines.hf_model import (
+    DTYPES, check_supported, decoder_linear_weights, eos_ids, load_weights_into, point_linear_weights, read_weights_folder,
+)
 from reinflow.engines.hf_request import Request, set_exception, set_result, validate_request
 from reinflow.engines.kv_cache import WIDTH_MULTIPLE, ParkedRows, new_cache, round_up
 from reinflow.engines.packed_decoder import PackedDecoder, Plan, Prefill
@@ -114,8 +118,8 @@ class HFEngine:
         self.stats = EngineStats()
         use_onednn = self.device.type == "cpu" and torch_dtype == torch.float32 and torch.backends.mkldnn.is_available()
         self._packed_rows = max_batch_size if use_onednn else None
-        with torch.inference_mode():
-            self._decoder = PackedDecoder(self.model, self._packed_rows)
+        self._linear_shapes = {name: weight.shape for name, weight in decoder_linear_weights(self.model).items()}
+        self._pack()
         self._cache = new_cache(self.model, max_batch_size, max_model_len, torch_dtype, self.device)
         parked = max_batch_size if prefix_cache_rows is None else prefix_cache_rows
         store = new_cache(self.model, max(parked, 1), max_model_len, torch_dtype, self.device)
@@ -166,10 +170,19 @@ class HFEngine:
                 raise EngineBusyError(
                     f"load_weights with {self._in_flight} request(s) in flight: await every episode first"
                 )
+            if self._packed_rows is not None:  # the linear weights are packed from ``state`` itself
+                point_linear_weights(self.model, self._linear_shapes, state)
             load_weights_into(self.model, state)
-            with torch.inference_mode():
-                self._decoder = PackedDecoder(self.model, self._packed_rows)
+            self._pack()
             self._parked.clear()
+
+    def _pack(self) -> None:
+        """Build the decoder over the model's current weights; packed, then empty the plain copies of
+        the linear weights (only the packed ones are read)."""
+        with torch.inference_mode():
+            self._decoder = PackedDecoder(self.model, self._packed_rows)
+        if self._packed_rows is not None:
+            point_linear_weights(self.model, self._linear_shapes, None)
 
     def clear_prefix_cache(self) -> None:
         """Forget the parked rows (between benchmark runs, say); needs no request in flight."""

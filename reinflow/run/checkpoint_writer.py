@@ -1,8 +1,14 @@
-"""Checkpoint writes in one background thread: the training thread only copies the state.
+"""Checkpoint writes in one background thread, from the live tensors: no copy of the state.
 
-``save_checkpoint(..., background=True)`` (``reinflow.run.session``) takes a copy of the policy's
-state in the training thread (:func:`copy_state`) and hands the write to the session's
-:class:`CheckpointWriter`, which runs it in a background thread while the next iteration goes on.
+``save_checkpoint(..., background=True)`` (``reinflow.run.session``) hands the policy's state to the
+session's :class:`CheckpointWriter`, which writes it in a background thread while the next iteration
+goes on. ``PolicyTrainer.state()`` returns views of the live weights and Adam moments, so nothing is
+copied (a copy held 1.5 GB more for the quickstart's model while it was written); instead the policy
+is told to hold them (``Policy.hold_state(writer.join)``): its next in-place change of the weights
+(the next update's optimizer step, a ``load_state``) first waits for the write. The next rollout, the
+judge and the next update's forward and backward passes only read the weights, so they run beside the
+write. The containers around the tensors are rebuilt (:func:`detach_containers`) so that nothing the
+training thread reassigns reaches the write.
 The write itself is ``reinflow.run.checkpoint.write_checkpoint``, unchanged: a temporary folder,
 fsynced, renamed into place, so a crash (SIGKILL) in the middle of a background write is a crash in
 the middle of a write, and a resume starts from the previous complete checkpoint.
@@ -19,6 +25,9 @@ The rules:
   once when no write is in flight; after a failed write the queued actions are dropped.
 - ``wait()`` wherever the checkpoint must be on disk: the end of a run, closing the session. The
   thread is not a daemon, so even an interpreter exit without ``wait`` lets the write finish.
+- ``join()`` where only the tensors have to be read (the policy's hold): it waits like ``wait`` but
+  leaves a write's error to the next ``submit``/``wait``, so an update does not fail in the
+  checkpoint's place.
 """
 
 from __future__ import annotations
@@ -32,15 +41,15 @@ from typing import Any
 import torch
 
 
-def copy_state(value: Any) -> Any:
-    """A copy of ``value`` (a policy's ``state()``) that shares no memory with the live trainer:
-    tensors copied to the CPU, dicts, lists and tuples rebuilt, anything else deep-copied."""
+def detach_containers(value: Any) -> Any:
+    """``value`` (a policy's ``state()``) with its dicts, lists and tuples rebuilt and every other
+    leaf but a tensor deep-copied; the tensors are the same objects (held by ``Policy.hold_state``)."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
+        return value
     if isinstance(value, dict):
-        return {key: copy_state(item) for key, item in value.items()}
+        return {key: detach_containers(item) for key, item in value.items()}
     if type(value) in (list, tuple):
-        return type(value)(copy_state(item) for item in value)
+        return type(value)(detach_containers(item) for item in value)
     return copy.deepcopy(value)
 
 
@@ -84,13 +93,18 @@ class CheckpointWriter:
 
     def wait(self) -> None:
         """Block until the write in flight and the actions after it are done; raise their error."""
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+        self.join()
         with self._lock:
             error, self._error = self._error, None
         if error is not None:
             raise error
+
+    def join(self) -> None:
+        """Block until the write in flight and the actions after it are done; their error (if any)
+        is left for the next ``submit``, ``wait`` or ``after_write``."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     def _run(self, write: Callable[[], object]) -> None:
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from reinflow.run.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
-from reinflow.run.checkpoint_writer import CheckpointWriter, copy_state
+from reinflow.run.checkpoint_writer import CheckpointWriter, detach_containers
 from reinflow.config import ExperimentConfig
 from reinflow.judging.judge import Judge, load_judge
 from reinflow.config.models import resolve_model
@@ -140,16 +140,18 @@ def load_checkpoint_weights(runtime: RolloutRuntime, config: ExperimentConfig, c
 def save_checkpoint(session: TrainingSession, iteration: int, cursor: int, *, background: bool = False) -> Path:
     """Write the iteration's checkpoint atomically (keeping the last K), then compact the episode
     files it covers (``tracking.raw_episode_files``); returns its folder. First waits for the write
-    in flight (raising its error). ``background``: this thread only copies the policy's state and
-    the session's ``checkpoint_writer`` writes it (``run.checkpoint_writer``): the folder is on disk
-    once ``session.checkpoint_writer.wait()`` returns."""
+    in flight (raising its error). ``background``: the session's ``checkpoint_writer`` writes the
+    policy's live state while this thread goes on, and the policy holds that state unchanged until
+    the write is done (``run.checkpoint_writer``): the folder is on disk once
+    ``session.checkpoint_writer.wait()`` returns."""
     writer, config = session.checkpoint_writer, session.config
     writer.wait()  # one write in flight, so at most one copy of the state
     extra = {"cursor": cursor, "mlflow_run_id": session.info.mlflow_run_id}
     fingerprint, keep, compact = config.fingerprint(), config.train.keep_checkpoints, config.tracking.raw_episode_files
     state = session.policy.state()
-    if background and config.backbone != "ray":  # PolicyTrainer.state(): views of the live tensors that
-        state = copy_state(state)  # the next step changes (RayPolicyGroup.state(): copies from the workers)
+    if background:  # PolicyTrainer.state(): views of the tensors the next optimizer step changes in place
+        state = detach_containers(state)
+        session.policy.hold_state(writer.join)
 
     def write() -> Path:
         folder = write_checkpoint(session.checkpoints, iteration, state, extra, fingerprint=fingerprint, keep=keep)

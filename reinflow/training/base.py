@@ -40,6 +40,12 @@ class Policy(Protocol):
         """Continue from a :meth:`state` taken earlier."""
         ...
 
+    def hold_state(self, until: Callable[[], object]) -> None:
+        """Keep the tensors of the last :meth:`state` unchanged until ``until()`` returns: the next
+        in-place change of the weights or optimiser state calls it first (a background checkpoint
+        write reads them meanwhile). A backend whose ``state()`` returns copies need not wait."""
+        ...
+
     def close(self) -> None:
         """Release what the policy holds beyond memory (worker processes); idempotent."""
         ...

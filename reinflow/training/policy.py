@@ -107,6 +107,8 @@ class PolicyTrainer:
                 "supported: remove 'lm_head' from model.tuning.target_modules"
             )
         self.model.train()
+        if self.train.activation_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         fuse_rms_norms(self.model)
         self._packed = pack_linears(self.model, self.train.micro_batch_tokens, forward_only=head) if supported(self.model) else []
         fuse_mlps(self.model)  # after packing: it fuses MLPs whose projections are packed
@@ -116,6 +118,7 @@ class PolicyTrainer:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _Warmup(self.train.warmup_iterations))
         self._dropout = _has_dropout(self.model)
+        self._state_readers: list[Callable[[], object]] = []  # hold_state: wait for these before changing it
         if world_size > 1:
             broadcast_parameters(self.parameters.values())
             repack(self._packed)
@@ -204,6 +207,7 @@ class PolicyTrainer:
         """Sum the gradients over ranks, clip, step; returns the pre-clip global grad norm."""
         sum_gradients_over_ranks(list(self.parameters.values()), self.world_size)
         grad_norm = nn.utils.clip_grad_norm_(list(self.parameters.values()), self.train.max_grad_norm)
+        self._release_state()
         self.optimizer.step()
         repack(self._packed)
         return grad_norm
@@ -293,13 +297,24 @@ class PolicyTrainer:
     def state(self) -> dict:
         """Everything a checkpoint needs to resume exactly: ``weights`` (trainable parameters by
         name: all of them, or the LoRA adapter), ``optimizer``, ``scheduler`` and ``rng`` (python,
-        numpy, torch). Tensors are views of the live state: write them before the next step."""
+        numpy, torch). Tensors are views of the live state: write them before the next step, or
+        ``hold_state`` them."""
         return {
             "weights": {name: p.detach() for name, p in self.parameters.items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
         }
+
+    def hold_state(self, until: Callable[[], object]) -> None:
+        """Call ``until()`` before the next in-place change of what ``state()`` handed out (the next
+        optimizer step, ``load_state``): a background checkpoint write reads those views meanwhile."""
+        self._state_readers.append(until)
+
+    def _release_state(self) -> None:
+        """Wait for every reader ``hold_state`` registered; the state may change after this."""
+        while self._state_readers:
+            self._state_readers.pop(0)()
 
     def load_state(self, state: dict) -> None:
         """Restore what ``state()`` returned (from this or an identically configured trainer)."""
@@ -310,6 +325,7 @@ class PolicyTrainer:
                 f"checkpoint weights do not fit this trainer: missing={sorted(missing)[:5]} "
                 f"unexpected={sorted(unexpected)[:5]} (was it written with other model or tuning settings?)"
             )
+        self._release_state()
         with torch.no_grad():
             for name, p in self.parameters.items():
                 p.copy_(weights[name])
