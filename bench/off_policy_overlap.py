@@ -45,7 +45,7 @@ SETTINGS = {"on-policy (k=0)": 0, "ahead (k=1)": 1}
 
 
 STAGES = ("seconds/iteration", "seconds/rollout", "seconds/judge", "seconds/update", "rollout_seconds",
-          "update_seconds", "weight_sync_seconds", "staleness_max")
+          "update_seconds", "update_overhead_seconds", "weight_sync_seconds", "staleness_max")
 
 
 def run_once(address: str, steps: int, iterations: int, workdir: Path) -> dict[str, list[float]]:

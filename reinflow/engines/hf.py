@@ -110,7 +110,9 @@ class HFEngine:
             raise ValueError(f"dtype '{dtype}' is not one of {sorted(DTYPES)}")
         torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch_dtype).to(self.device).eval()
+        # read, not memory-mapped: the mapped file would stay resident after packing replaced its weights
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_folder, dtype=torch_dtype, disable_mmap=True).to(self.device).eval()
         check_supported(self.model.config)
         self.max_model_len, self.max_batch_size = max_model_len, max_batch_size
         self.max_prefill_tokens = max_prefill_tokens

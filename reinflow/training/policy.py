@@ -97,7 +97,9 @@ class PolicyTrainer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.temperature = config.rollout.temperature or 1.0
         torch.manual_seed(self.train.seed)  # LoRA initialisation
-        model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32).to(self.device)
+        # read, not memory-mapped: the optimizer writes every weight, and a mapped file's pages would stay
+        # resident beside those copies (+0.5 GB of RSS for the built-in model)
+        model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32, disable_mmap=True).to(self.device)
         self.model, self.reference = _prepare(model, config)
         head = self.model.get_output_embeddings()
         if not isinstance(head, nn.Linear) or head.bias is not None:
