@@ -278,6 +278,13 @@ class TrainConfig(Section):
         "heap's freed pages back to the OS (glibc "
         "malloc_trim; a no-op elsewhere). Keeps the resident set flat across iterations (reinflow/training/memory_release.py).",
     )
+    heap_mmap_threshold_bytes: int | None = Field(
+        1 << 20, ge=4096, le=32 << 20,
+        description="During a policy update, heap blocks of at least this size (the activations) get their own memory "
+        "mapping and go back to the OS as soon as they are freed (glibc mallopt M_MMAP_THRESHOLD; a no-op elsewhere): the "
+        "update's peak follows what is live instead of what a fragmented heap kept; outside updates 32 MiB. null: glibc's "
+        "own threshold throughout, which rises to 32 MiB (reinflow/training/memory_release.py).",
+    )
 
     @field_validator("ray_address")
     @classmethod

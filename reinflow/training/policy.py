@@ -29,7 +29,9 @@ scheduler in memory between iterations. One ``train_step`` is one iteration's up
    as one autograd node with a hand-written backward (``reinflow.training.fused_rms_norm``), and
    SwiGLU MLPs over packed projections as one node that keeps two of their four ``[B, L, I]``
    activations (``reinflow.training.fused_mlp``). With ``train.release_free_memory`` a step starts
-   by giving the heap's freed pages back (``memory_release``): its peak holds only its own.
+   by giving the heap's freed pages back (``memory_release``): its peak holds only its own; with
+   ``train.heap_mmap_threshold_bytes`` its freed activations go back at once, not into a heap that
+   fragments (``memory_release.large_blocks_mapped``).
 3. The LR scheduler steps **once per iteration** (per ``train_step``), not per optimizer step:
    ``warmup_iterations`` counts iterations, and the epochs of one batch share one LR.
    ``lr(i) = lr * min(1, (i + 1) / (warmup_iterations + 1))`` for the ``i``-th iteration (0-based).
@@ -65,7 +67,7 @@ from reinflow.training.fused_mlp import fuse_mlps
 from reinflow.training.fused_rms_norm import fuse_rms_norms
 from reinflow.training.gradient_sync import broadcast_parameters, sum_gradients_over_ranks
 from reinflow.training.head_log_probs import head_log_probs
-from reinflow.training.memory_release import release_free_memory
+from reinflow.training.memory_release import large_blocks_mapped, release_free_memory
 from reinflow.training.packed_linear import pack_linears, repack, supported
 from reinflow.training.padded_batch import PaddedBatch, collate
 from reinflow.training.rng_state import rng_state, set_rng_state
@@ -151,7 +153,8 @@ class PolicyTrainer:
         batches = [collate(mb, self.device) for mb in micro_batches(samples, self.train.micro_batch_tokens)]
         metrics: dict[str, float] = {}
         if normalizer > 0:
-            metrics = self._epochs(batches, normalizer, on_progress)
+            with large_blocks_mapped(self.train.heap_mmap_threshold_bytes):
+                metrics = self._epochs(batches, normalizer, on_progress)
         with warnings.catch_warnings():  # an iteration without an optimizer step still advances the LR
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
             self.scheduler.step()
