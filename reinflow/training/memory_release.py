@@ -41,13 +41,17 @@ the heap rather than mapped and faulted anew every step."""
 
 
 @cache
-def _mallopt() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """glibc's ``mallopt``, or None where the C library has none."""
-    name = ctypes.util.find_library("c")
+def _libc_function(name: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """The C library's function ``name`` (glibc's ``mallopt``, ``malloc_trim``), or None where it has none."""
+    library = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).mallopt if name else None
+        return getattr(ctypes.CDLL(library), name) if library else None
     except (OSError, AttributeError):
         return None
+
+
+def _mallopt() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    return _libc_function("mallopt")
 
 
 def mmap_large_blocks(threshold_bytes: int) -> bool:
@@ -71,14 +75,8 @@ def large_blocks_mapped(threshold_bytes: int | None) -> Iterator[None]:
         mmap_large_blocks(HEAP_BLOCKS_BELOW)
 
 
-@cache
 def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """glibc's ``malloc_trim``, or None where the C library has none."""
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        return None
+    return _libc_function("malloc_trim")
 
 
 def release_free_memory() -> bool:
