@@ -36,7 +36,8 @@ HEAD_CHUNK_ROWS = 128
 (300 MB for 1.5k tokens, ~10 of them per step) were each mmapped and page-faulted anew: ~3 GB of
 page faults per step of the built-in model, and ~1 GB of peak memory. With a fixed threshold below
 25 MB (``train.heap_mmap_threshold_bytes``, 1 MiB by default) each chunk's buffers are mapped anew
-too, but only a chunk's worth at a time: ~0.3 GB of page faults per 1.5k trained tokens."""
+too, but only a chunk's worth at a time: 12 chunks of 25 MB, ~0.3 GB of page faults, per 1.5k
+trained tokens."""
 
 
 def head_log_probs(hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float,

@@ -13,8 +13,9 @@ faulted in again by the next stage's first allocations.
 Trimming between stages does not lower a stage's own peak: inside one update, glibc serves the
 activations (9 to 25 MB each for the built-in model's 4k-token micro-batches) from its heap, and the
 blocks freed by one micro-batch do not fit the next one's mix of sizes, so the heap grows past what
-is live. On ``bench``'s quickstart-shaped update of the built-in model, at most 6.9 GB was live while
-the resident set reached 9.6 GB (2.8 GB live after the step, 6.1 GB free inside the heap).
+is live. On an update of the quickstart's worst shape (built-in model, 32 episodes, trainer alone;
+a probe of glibc's ``mallinfo2`` kept outside the repo), at most 6.9 GB was live while the resident
+set reached 9.6 GB (2.8 GB live after the step, 6.1 GB free inside the heap).
 :func:`large_blocks_mapped` fixes glibc's mmap threshold (``mallopt(M_MMAP_THRESHOLD)``, which
 also stops glibc from raising it) for the length of an update: every block at least that large gets
 its own mapping and goes back to the OS when freed, so the resident set follows what is live (7.3 GB
@@ -50,14 +51,10 @@ def _libc_function(name: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-d
         return None
 
 
-def _mallopt() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    return _libc_function("mallopt")
-
-
 def mmap_large_blocks(threshold_bytes: int) -> bool:
     """From now on, give every heap block of at least ``threshold_bytes`` its own mapping, unmapped
     when freed (a fixed glibc mmap threshold, for the whole process); True where glibc took it."""
-    mallopt = _mallopt()
+    mallopt = _libc_function("mallopt")
     return bool(mallopt(_M_MMAP_THRESHOLD, threshold_bytes)) if mallopt is not None else False
 
 
