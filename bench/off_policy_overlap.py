@@ -7,8 +7,13 @@ two-node cluster simulated on this machine.
 The cluster (``ray.cluster_utils.Cluster``): a head node that offers Ray no CPU, where the driver
 runs and with it the rollout engine (``rollout.engine_replicas: 1``, in the driver process, one torch
 thread: ``OMP_NUM_THREADS=1``), and a second node of one CPU, the only place the policy worker
-(``train.workers: 1``, ``cpus_per_worker: 1``) fits. So the engine and the trainer each have one
-core, on different nodes, as on a cluster where rollout and training live on different machines.
+(``train.workers: 1``, ``cpus_per_worker: 1``) fits. Each node is pinned to a core of its own
+(``os.sched_setaffinity``, inherited by what it starts: the head node and the driver, with the
+Prefect and MLflow work in it, on the first core; the second node's raylet and the policy worker on
+the other; ``--no-pin`` lets the OS share the cores), and each node has an object store of
+``OBJECT_STORE_BYTES``. So the engine and the trainer each have one core, on different nodes, as on
+a cluster where rollout and training live on different machines and the weights shipped between
+them cost each side its own CPU.
 
 Each run is ``reinflow train --conf configs/quickstart.yaml --backbone ray`` for ``--iterations``
 iterations (built-in SmolLM2-135M, 8 tasks x 4 episodes an iteration), with a small held-out set
@@ -38,17 +43,36 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"on-policy (k=0)": 0, "ahead (k=1)": 1}
+OBJECT_STORE_BYTES = 2 << 30
+"""Each node's object store. ``ray.cluster_utils`` gives a node 150 MB, less than one copy of the
+model's 540 MB of weights, so every hand-over spilled to disk (2-3 s); Ray's default on a real node
+is 30% of its memory (``ray.init`` on this machine: ~7 GB)."""
 
 
 STAGES = ("seconds/iteration", "seconds/rollout", "seconds/judge", "seconds/update", "rollout_seconds",
-          "update_seconds", "update_overhead_seconds", "weight_sync_seconds", "staleness_max")
+          "update_seconds", "update_overhead_seconds", "weight_take_seconds", "weight_sync_seconds",
+          "staleness_max")
 
 
-def run_once(address: str, steps: int, iterations: int, workdir: Path) -> dict[str, list[float]]:
+@contextmanager
+def on_cores(cores: set[int] | None) -> Iterator[None]:
+    """Run the block (and what it starts) pinned to ``cores``; ``None``: as it is."""
+    before = os.sched_getaffinity(0)
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def run_once(address: str, steps: int, iterations: int, workdir: Path, cores: set[int] | None) -> dict[str, list[float]]:
     """One ``reinflow train`` run; returns, per metric of ``STAGES``, its values at iterations 1..N
     (``seconds/*``: the flow's thread; ``rollout_seconds``, ``update_seconds``: the rollout's and
     the trainer's own time, wherever they ran)."""
@@ -62,7 +86,7 @@ def run_once(address: str, steps: int, iterations: int, workdir: Path) -> dict[s
                f"train.checkpoint_interval={iterations}", "data.eval_tasks=8", f"tracking.mlflow_uri={uri}",
                f"tracking.run_dir={workdir / 'runs'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
-    with (workdir / "train.log").open("w") as log:
+    with (workdir / "train.log").open("w") as log, on_cores(cores):
         subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
@@ -76,11 +100,17 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin each node to a core of its own")
     args = parser.parse_args()
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
+    cores = sorted(os.sched_getaffinity(0))
+    head, worker = ({cores[0]}, {cores[1]}) if len(cores) >= 2 and not args.no_pin else (None, None)
+    store = {"object_store_memory": OBJECT_STORE_BYTES}
+    with on_cores(head):
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False} | store)
+    with on_cores(worker):
+        cluster.add_node(num_cpus=1, **store)
     cluster.wait_for_nodes()
     runs: dict[str, list[float]] = {name: [] for name in SETTINGS}
     try:
@@ -88,7 +118,7 @@ def main() -> None:
             order = list(SETTINGS.items())[:: 1 if round_index % 2 == 0 else -1]
             for name, steps in order:
                 with tempfile.TemporaryDirectory(prefix="overlap-") as workdir:
-                    metrics = run_once(cluster.address, steps, args.iterations, Path(workdir))
+                    metrics = run_once(cluster.address, steps, args.iterations, Path(workdir), head)
                 medians = {key: statistics.median(values[1:-1]) for key, values in metrics.items() if values[1:-1]}
                 runs[name].append(medians["seconds/iteration"])
                 seconds = metrics["seconds/iteration"]
@@ -101,7 +131,9 @@ def main() -> None:
     on, ahead = (statistics.median(runs[name]) for name in SETTINGS)
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, load average now {load}; "
-          "engine and policy worker on 1 core each, 2 nodes")
+          "engine and policy worker on 1 core each, 2 nodes, "
+          + (f"pinned: head node and driver on core {min(head)}, policy worker's node on core {min(worker)}"
+             if head else "not pinned"))
     print(f"on-policy {on:.2f} s/iteration, ahead {ahead:.2f} s/iteration: ahead is {on / ahead:.2f}x faster")
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "ratio": on / ahead}, indent=2))

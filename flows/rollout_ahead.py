@@ -2,9 +2,11 @@
 
 Beside iteration N's judge and update, one background thread runs the ``rollout`` task of the next
 iterations (``iterations_to_roll_ahead``) one after the other, each from the cursor the one before
-it ended at, on the weights the engine serves (update N - 1's). Their results wait in
-``session.rolled_ahead`` for their own iteration. The engine takes update N's weights only after the
-thread is done (``wait``): it refuses new weights with episodes in flight.
+it ended at, on update N - 1's weights. Their results wait in ``session.rolled_ahead`` for their own
+iteration. The engine refuses new weights with episodes in flight, so once the thread is done
+(``wait``) the flow takes update N's weights (``run.weight_handover``), and the next iteration's
+thread serves them first thing, beside that iteration's judge and update
+(``weight_sync_seconds``, logged at the iteration whose thread loaded them).
 
 The thread runs in a copy of the subflow's context, so its task runs belong to ``iter-N`` and reach
 the live session (``tasks.live``). A rollout that finished is a cached task result too: after a
@@ -24,6 +26,7 @@ from typing import Any
 from reinflow.faults import crash_point
 from reinflow.run.off_policy import iterations_to_roll_ahead
 from reinflow.run.session import TrainingSession
+from reinflow.run.weight_handover import serve_taken_weights
 from tasks.rollout import rollout
 
 
@@ -33,6 +36,7 @@ class RolloutsAhead:
     def __init__(self, session: TrainingSession, iterations: list[int], cursor: int) -> None:
         self.session, self.iterations, self.cursor = session, iterations, cursor
         self.error: BaseException | None = None
+        self.weight_sync_seconds: float | None = None  # loading the weights taken after the last update
         context = contextvars.copy_context()
         self._thread = threading.Thread(target=context.run, args=(self._run,), daemon=True,
                                         name=f"rollout-ahead-{iterations[0]}")
@@ -42,6 +46,7 @@ class RolloutsAhead:
         session, cursor = self.session, self.cursor
         config = session.config.model_dump(mode="json")
         try:
+            self.weight_sync_seconds = serve_taken_weights(session)
             for iteration in self.iterations:
                 result = rollout(config, str(session.project_root), str(session.run_dir), iteration, cursor,
                                  policy_version=session.engine_version)
@@ -70,6 +75,8 @@ def rolling_ahead(session: TrainingSession, iteration: int, rolled: dict[str, An
     train = session.config.train
     iterations = iterations_to_roll_ahead(iteration, train.iterations, train.max_off_policy_steps,
                                           set(session.rolled_ahead))
+    if not iterations:
+        serve_taken_weights(session)  # none ahead: the engine serves the last update now
     ahead = RolloutsAhead(session, iterations, rolled["next_cursor"]) if iterations else None
     try:
         yield ahead
@@ -84,5 +91,6 @@ def rollout_result(session: TrainingSession, iteration: int) -> dict[str, Any]:
     ahead = session.rolled_ahead.pop(iteration, None)
     if ahead is not None:
         return ahead
+    serve_taken_weights(session)
     return rollout(session.config.model_dump(mode="json"), str(session.project_root), str(session.run_dir),
                    iteration, session.cursor, policy_version=session.engine_version)

@@ -33,7 +33,8 @@ from reinflow.training.memory_release import releasing_memory
 from reinflow.tracking.summary import run_summary
 from reinflow.run.stage_timer import iteration_summary, timed
 from reinflow.tracking.mlflow_run import finish_run, log_iteration, log_metric, start_run, tracking_uri
-from reinflow.run.session import TrainingSession, close_session, open_session, sync_engine_weights
+from reinflow.run.session import TrainingSession, close_session, open_session
+from reinflow.run.weight_handover import serve_taken_weights, take_engine_weights
 from reinflow.run.warmup import warm_start_needed
 from tasks.checkpoint import checkpoint
 from tasks.evaluate import evaluate
@@ -99,8 +100,10 @@ def train_iteration(run_dir: str, iteration: int, flow_run_name: str) -> dict[st
             if ahead is not None:
                 with timed(seconds, "rollout"):  # what the rollouts ahead still took after the update
                     ahead.wait()
-                with timed(seconds, "update"):
-                    updated["weight_sync_seconds"] = sync_engine_weights(session, iteration)
+                with timed(seconds, "update"):  # the next rollouts ahead serve them, beside the next update
+                    updated["weight_take_seconds"] = take_engine_weights(session, iteration)
+                if ahead.weight_sync_seconds is not None:  # the last update's, served beside this one
+                    updated["weight_sync_seconds"] = ahead.weight_sync_seconds
         metrics = {**rolled["metrics"], **judged["metrics"], **updated}
         log_trajectory_sample(session, iteration, Path(judged["path"]))
         session.cursor, session.iteration = rolled["next_cursor"], iteration
@@ -135,6 +138,7 @@ def log_after_checkpoint(session: TrainingSession, iteration: int, seconds: dict
 
 def evaluate_iteration(session: TrainingSession, iteration: int) -> dict[str, float]:
     """Held-out evaluation of the current weights into ``<run>/eval/iter_N/``; metrics prefixed ``eval/``."""
+    serve_taken_weights(session)  # the update's weights, where the engine has not loaded them yet
     output = session.run_dir / "eval" / f"iter_{iteration}"
     metrics = evaluate(str(session.project_root / session.config.data.path), str(output),
                        session.config.train.eval_pass_k, label=f"iter-{iteration}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ from reinflow.config import ExperimentConfig
 from reinflow.config.models import TINY_RANDOM_LLAMA, resolve_model
 from reinflow.training.policy import PolicyTrainer
 from reinflow.distributed.policy_group import RayPolicyGroup, RayWorkerLost, combine_metrics, shard_samples
-from reinflow.distributed.ray_cluster import cluster_address
+from reinflow.distributed.ray_cluster import SameAs, cluster_address, from_numpy, to_numpy
 from reinflow.training.train_batch import TrainSample, batch_normalizer
 
 ray = pytest.importorskip("ray")
@@ -153,6 +154,22 @@ def test_shards_are_balanced_by_tokens_deterministic_and_complete():
     assert shard_samples(samples[:1], 3)[1:] == [[], []]
 
 
+def test_tied_weights_travel_once_and_come_back_tied():
+    embeddings, other = torch.randn(256, 64), torch.randn(256, 64)
+    weights = {"embed": embeddings, "lm_head": embeddings, "other": other, "first_rows": embeddings[:4],
+               "half": embeddings.to(torch.bfloat16), "half_again": None}
+    weights["half_again"] = weights["half"]
+    arrays = to_numpy(weights)
+    assert arrays["lm_head"] == SameAs("embed") and arrays["half_again"] == SameAs("half")
+    assert isinstance(arrays["first_rows"], np.ndarray)  # a view of other rows is not the same tensor
+    once = sum(weights[name].nbytes for name in ("embed", "other", "first_rows", "half"))
+    assert len(pickle.dumps(arrays, protocol=5)) < once + 4096  # each tensor once, and a little pickle
+    back = from_numpy(arrays)
+    assert list(back) == list(weights)
+    assert back["lm_head"] is back["embed"] and back["half_again"] is back["half"]
+    assert all(torch.equal(back[name], weights[name]) for name in weights)
+
+
 def test_metrics_are_summed_weighted_or_global_as_documented():
     ranks = [
         {"loss": 0.25, "entropy": 1.0, "grad_norm": 3.0, "lr": 0.1, "logprob_mismatch": 1e-6, "trained_tokens": 30.0,
@@ -195,6 +212,20 @@ def test_fewer_samples_than_workers(full2, folder):
     ray_metrics = group.train_step(toy_batch()[:1], normalizer=7.0)
     assert_matches_debug(group, trainer)
     assert_metrics_match(ray_metrics, debug_metrics)
+
+
+def test_weights_taken_for_later_are_those_before_the_next_step(full2):
+    """``engine_weights_later()`` then a step: rank 0 put the weights away before the step, so the
+    hand-over shipped afterwards still holds them (what the engine loads beside the next update)."""
+    group, initial = full2
+    group.load_state(initial)
+    group.train_step(toy_batch())
+    before = {name: tensor.clone() for name, tensor in group.engine_weights().items()}
+    later = group.engine_weights_later()
+    group.train_step(toy_batch()[:7])
+    shipped, now = later(), group.engine_weights()
+    assert all(torch.equal(shipped[name], before[name]) for name in before)
+    assert any(not torch.equal(now[name], before[name]) for name in before)
 
 
 def test_state_round_trip_through_a_checkpoint_restores_every_rank(full2, tmp_path):

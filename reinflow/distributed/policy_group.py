@@ -273,6 +273,13 @@ class RayPolicyGroup:
         self._check()
         return from_numpy(self._call([self._actors[0].engine_weights.remote()], "engine_weights", self.timeout_s)[0])
 
+    def engine_weights_later(self) -> Callable[[], dict[str, torch.Tensor]]:
+        """:meth:`engine_weights` as they are now: rank 0 puts them into its object store before its
+        next step (its calls run in order); the returned function ships them here and waits for them."""
+        self._check()
+        ref = self._actors[0].engine_weights.remote()
+        return lambda: from_numpy(self._call([ref], "engine_weights", self.timeout_s)[0])
+
     def state(self) -> dict:
         """Rank 0's ``PolicyTrainer.state()`` (on the CPU) plus ``rank_rng``: the RNG states of
         ranks 1.. (they differ from rank 0's where dropout draws random numbers)."""

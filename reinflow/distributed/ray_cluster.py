@@ -12,7 +12,8 @@
   land there). ``forwarded_env`` is the environment an actor sets before it imports torch, so
   that it also reaches actors on other nodes.
 - **Moving tensors.** ``to_numpy`` / ``from_numpy``: state dicts travel through Ray's object store
-  as NumPy arrays (shipped and read zero-copy; the tensors read back are read-only views).
+  as NumPy arrays (shipped and read zero-copy; the tensors read back are read-only views), a tied
+  tensor once (``SameAs``).
 - **Watching actors.** ``wait_for_all`` collects results and fails fast on the first lost actor
   (``LOST_ACTOR_ERRORS``) or on the deadline, without waiting for the others; ``lost_actor_line``
   names the lost actor in one line; ``release`` kills actors and frees their placement group.
@@ -30,6 +31,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from reinflow.distributed import ray_reaper
@@ -137,25 +139,43 @@ def reserve_bundles(handles: dict[str, Any], count: int, bundle: dict[str, float
 # ----------------------------------------------------------------------------- moving tensors
 
 
+@dataclass(frozen=True)
+class SameAs:
+    """An entry of a dict ``to_numpy`` made: the same tensor as entry ``name`` (tied weights, such
+    as an ``lm_head`` sharing the embeddings, travel once)."""
+
+    name: str
+
+
 def to_numpy(weights: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """CPU NumPy arrays where the dtype allows (Ray ships those zero-copy), tensors otherwise (bfloat16)."""
+    """CPU NumPy arrays where the dtype allows (Ray ships those zero-copy), tensors otherwise
+    (bfloat16); a tensor that is an earlier one again (same memory, shape, strides, dtype) as
+    ``SameAs`` that one."""
     import torch
 
     out: dict[str, Any] = {}
+    seen: dict[tuple, str] = {}
     for name, tensor in weights.items():
         tensor = tensor.detach().cpu()
+        key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        if key in seen and tensor.numel():
+            out[name] = SameAs(seen[key])
+            continue
+        seen[key] = name
         out[name] = tensor.numpy() if tensor.dtype != torch.bfloat16 else tensor
     return out
 
 
 def from_numpy(weights: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Tensors over the (read-only) arrays ``to_numpy`` made, without copying."""
+    """Tensors over the (read-only) arrays ``to_numpy`` made, without copying; a ``SameAs`` entry
+    is the very tensor it names."""
     import numpy as np
     import torch
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
-        return {name: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for name, v in weights.items()}
+        tensors = {name: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for name, v in weights.items()}
+    return {name: tensors[v.name] if isinstance(v, SameAs) else v for name, v in tensors.items()}
 
 
 # ----------------------------------------------------------------------------- watching actors

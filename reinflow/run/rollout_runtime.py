@@ -44,14 +44,19 @@ class RolloutRuntime:
         return lambda seed: TunedModel.from_rollout_config(self.engine, self.tokenizer, rollout, seed)
 
     def load_policy(self, policy: Policy) -> None:
-        """Serve ``policy``'s current weights (every hand-over from trainer to engine goes here):
-        a `LoraAdapter` where the engine serves adapters (:func:`adapter_rank`), merged weights otherwise."""
+        """Serve ``policy``'s current weights (every hand-over from trainer to engine goes here)."""
+        self.engine.load_weights(self.policy_weights_later(policy)())
+
+    def policy_weights_later(self, policy: Policy) -> Callable[[], dict[str, Any] | LoraAdapter]:
+        """What the engine loads for ``policy``'s weights as they are now, handed over when called
+        (``Policy.engine_weights_later``): a `LoraAdapter` where the engine serves adapters
+        (:func:`adapter_rank`), merged weights otherwise."""
         tuning = self.config.model.tuning
-        if adapter_rank(self.config) is not None:
-            self.engine.load_weights(LoraAdapter(tensors=policy.state()["weights"], rank=tuning.rank,
-                                                 alpha=tuning.alpha, target_modules=tuple(tuning.target_modules)))
-        else:
-            self.engine.load_weights(policy.engine_weights())
+        if adapter_rank(self.config) is None:
+            return policy.engine_weights_later()
+        adapter = LoraAdapter(tensors=policy.state()["weights"], rank=tuning.rank, alpha=tuning.alpha,
+                              target_modules=tuple(tuning.target_modules))
+        return lambda: adapter
 
     def close(self) -> None:
         """Stop the workflow (a ``workflow_command``'s endpoint) and the engine (its scheduler, and its

@@ -8,7 +8,6 @@ small. Closing the session releases the engine and policy.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from reinflow.run.off_policy import staleness_metrics
 from reinflow.run.retention import drop_judged_raw_files
 from reinflow.run.rollout_runtime import RolloutRuntime, build_runtime
 from reinflow.run.run_state import RunInfo
+from reinflow.run.weight_handover import TakenWeights, sync_engine_weights
 from reinflow.tracking.mlflow_run import client_for
 from reinflow.training.base import Policy
 from reinflow.training.train_batch import load_train_batch
@@ -44,6 +44,7 @@ class TrainingSession:
     cursor: int = 0
     engine_version: int = 0  # the iteration whose update the engine's weights are (0: the start)
     rolled_ahead: dict[int, dict] = field(default_factory=dict)  # rollout task results of later iterations
+    taken_weights: TakenWeights | None = None  # an update's weights the engine serves next (run.weight_handover)
     checkpoint_writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # background checkpoint writes
 
     @property
@@ -95,8 +96,8 @@ def update_policy(
     on_progress: Callable[[int, int], None] | None = None, sync_engine: bool = True,
 ) -> dict[str, float]:
     """Iteration ``iteration``'s GRPO update on the judged episodes, then (``sync_engine``) hand the
-    new weights to the engine; with a rollout still running on the engine the caller syncs later
-    (:func:`sync_engine_weights`). The metrics include the samples' staleness (``off_policy``).
+    new weights to the engine; with a rollout still running on the engine the caller hands them over
+    later (``run.weight_handover``). The metrics include the samples' staleness (``off_policy``).
 
     ``on_progress(done, total)``: micro-batches, in process; one unit per step on Ray."""
     samples, batch_metrics = load_train_batch(judged_path, session.config.train)
@@ -106,14 +107,6 @@ def update_policy(
     if sync_engine:
         metrics["weight_sync_seconds"] = sync_engine_weights(session, iteration)
     return metrics
-
-
-def sync_engine_weights(session: TrainingSession, version: int) -> float:
-    """Serve the policy's weights (those of update ``version``) from the engine; returns the seconds."""
-    started = time.perf_counter()
-    session.runtime.load_policy(session.policy)
-    session.engine_version = version
-    return time.perf_counter() - started
 
 
 def close_session(session: TrainingSession) -> None:

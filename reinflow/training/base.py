@@ -32,6 +32,13 @@ class Policy(Protocol):
         """The weights the rollout engine should serve now (LoRA merged), by parameter name."""
         ...
 
+    def engine_weights_later(self) -> Callable[[], dict[str, Tensor]]:
+        """The weights :meth:`engine_weights` would return now, handed over when the returned function
+        is called (once, from any thread): a backend that ships them from elsewhere starts shipping
+        now and lets the caller wait for them later. Tensors that the next step changes in place
+        must be :meth:`hold_state` until read."""
+        ...
+
     def state(self) -> dict:
         """Everything a checkpoint needs to continue training bit for bit (weights, optimiser, RNG)."""
         ...

@@ -299,6 +299,12 @@ class PolicyTrainer:
                 weights[key] = weights[key] + module.get_delta_weight(_ADAPTER)
         return weights
 
+    def engine_weights_later(self) -> Callable[[], dict[str, Tensor]]:
+        """:meth:`engine_weights` now (views of the live weights under full tuning: ``hold_state``
+        them until read)."""
+        weights = self.engine_weights()
+        return lambda: weights
+
     def state(self) -> dict:
         """Everything a checkpoint needs to resume exactly: ``weights`` (trainable parameters by
         name: all of them, or the LoRA adapter), ``optimizer``, ``scheduler`` and ``rng`` (python,

@@ -48,6 +48,11 @@ def test_rollouts_run_one_update_behind(reference_run):
     client, run = mlflow_run(reference_run)
     staleness = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "staleness_max"))
     assert staleness == [(1, 0.0), (2, 1.0), (3, 1.0)]
+    # update 1's and 2's weights are taken once their rollout ahead is done; the next rollout ahead
+    # loads update 1's beside update 2 (logged at 2); update 3 has no rollout beside it and syncs at once
+    steps = {key: sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+             for key in ("weight_take_seconds", "weight_sync_seconds")}
+    assert steps == {"weight_take_seconds": [1, 2], "weight_sync_seconds": [2, 3]}
 
 
 @pytest.mark.slow
