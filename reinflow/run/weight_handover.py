@@ -6,9 +6,10 @@ With rollouts running ahead of the update, the engine is busy until they are don
 *takes* update N's weights (``Policy.engine_weights_later``: on the Ray backbone, rank 0 puts them
 into its object store before its next step) and the next rollouts ahead *serve* them first thing, in
 their own thread, while the flow judges and updates the next iteration. So shipping them to the
-engine's node and loading them (2-3 s for the quickstart's model between two simulated nodes, most
-of it the shipping) runs beside the next update instead of between the two. Every other use of the
-engine (a rollout or evaluation in the flow's thread) serves the taken weights first.
+engine's node and loading them (1.1-1.2 s for the quickstart's model between the two nodes of
+``bench/off_policy_overlap.py``, 0.23 s of it the load) runs beside the next update instead of
+between the two. Every other use of the engine (a rollout or evaluation in the flow's thread)
+serves the taken weights first.
 
 The policy's next optimizer step waits until they are served (``Policy.hold_state``): an in-process
 trainer hands out views of its live weights.
