@@ -270,8 +270,7 @@ class RayPolicyGroup:
 
     def engine_weights(self) -> dict[str, torch.Tensor]:
         """The full policy's weights from rank 0, as read-only tensors (see the module docstring)."""
-        self._check()
-        return from_numpy(self._call([self._actors[0].engine_weights.remote()], "engine_weights", self.timeout_s)[0])
+        return self.engine_weights_later()()
 
     def engine_weights_later(self) -> Callable[[], dict[str, torch.Tensor]]:
         """:meth:`engine_weights` as they are now: rank 0 puts them into its object store before its
