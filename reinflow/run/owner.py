@@ -14,17 +14,14 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from reinflow.tracking.process_stat import START_TICKS, STATE, stat_fields
+
 
 def process_start_ticks(pid: int) -> int | None:
     """The start time of process ``pid`` in clock ticks after boot, or None where there is no such
     process (or no ``/proc`` to ask)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) is in parentheses and may hold spaces or ')': split after the last ')'
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[19])  # field 22 of the line; fields[0] is field 3 (the state)
+    fields = stat_fields(pid)
+    return None if fields is None else int(fields[START_TICKS])
 
 
 def current_owner() -> dict[str, Any]:
@@ -61,8 +58,5 @@ def pid_exists(pid: int) -> bool:
 
 def zombie(pid: int) -> bool:
     """Whether ``pid`` has ended and only waits for its parent to collect it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2:].split()[0] in ("Z", "X")
+    fields = stat_fields(pid)
+    return fields is None or fields[STATE] in ("Z", "X")

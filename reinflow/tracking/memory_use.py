@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from reinflow.tracking.process_stat import PARENT_PID, stat_fields
+
 RSS_BYTES = "memory/rss_bytes"
 PEAK_RSS_BYTES = "memory/peak_rss_bytes"
 TREE_RSS_BYTES = "memory/tree_rss_bytes"
@@ -35,13 +37,9 @@ def parents(proc: Path = Path("/proc")) -> dict[int, int]:
     """``{pid: parent pid}`` of every process visible in ``proc`` (vanishing ones skipped)."""
     found: dict[int, int] = {}
     for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        found[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])  # the name may hold spaces
+        fields = stat_fields(entry.name, proc) if entry.name.isdigit() else None
+        if fields is not None:
+            found[int(entry.name)] = int(fields[PARENT_PID])
     return found
 
 
