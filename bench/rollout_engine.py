@@ -54,6 +54,9 @@ over the mean floor around its rounds).
 Requests: real chat-templated GSM8K questions (``$REINFLOW_GSM8K_DIR``, default
 ``../shared/data/gsm8k``; a few built-in questions where absent), ``max_new_tokens`` drawn from
 32..128, temperature 1, top_p 1, a fixed seed per request (the same tokens in every mode).
+
+The requests and episodes are built in ``bench/rollout_requests.py``, the decode floor is measured by
+``bench/decode_floor.py``, and every ``--engine`` but ``hf`` runs ``bench/engine_comparison.py``.
 """
 
 from __future__ import annotations
@@ -65,152 +68,21 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's start-up log wo
 
 import argparse
 import asyncio
-import json
 import platform
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reinflow.engines.base import Engine, SamplingParams
-from reinflow.engines.factory import create_engine
+from reinflow.config.models import SMOLLM2, resolve_model
+from reinflow.engines.base import SamplingParams
 from reinflow.engines.hf import HFEngine
-from reinflow.engines.vllm import require_vllm
-from reinflow.errors import EngineUnavailableError, one_line
-from reinflow.config.models import SMOLLM2, resolve_model, smollm2_gguf_path
 
-from episode_batch import Turn
-from llama_cpp_engine import LlamaCppBatch, require_llama_cpp
-
-FALLBACK_QUESTIONS = [
-    "A baker makes 24 muffins and sells 3 boxes of 5. How many muffins are left?",
-    "Tom reads 12 pages a day. How many pages does he read in 3 weeks?",
-    "A train travels 60 km per hour for 2.5 hours. How far does it go?",
-    "Sara has $40 and buys two books at $7.50 each. How much money does she have left?",
-]
-
-
-@dataclass(frozen=True)
-class Request:
-    """One benchmark request."""
-
-    prompt_ids: list[int]
-    sampling: SamplingParams
-
-
-@dataclass(frozen=True)
-class Result:
-    """Generated tokens and wall time of one mode."""
-
-    tokens: int
-    seconds: float
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds
-
-
-def questions(count: int) -> list[str]:
-    """``count`` GSM8K test questions (or the built-in fallback, repeated)."""
-    folder = Path(os.environ.get("REINFLOW_GSM8K_DIR", Path(__file__).resolve().parents[2] / "shared/data/gsm8k"))
-    path = folder / "test.jsonl"
-    if not path.is_file():
-        return [FALLBACK_QUESTIONS[i % len(FALLBACK_QUESTIONS)] for i in range(count)]
-    with path.open() as lines:
-        return [json.loads(line)["question"] for _, line in zip(range(count), lines)]
-
-
-def make_requests(tokenizer, count: int, seed: int) -> list[Request]:
-    """Chat-templated questions with ragged max_new_tokens and one sampling seed each."""
-    draw = random.Random(seed)
-    requests = []
-    for index, question in enumerate(questions(count)):
-        messages = [{"role": "user", "content": question}]
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        sampling = SamplingParams(max_new_tokens=draw.randint(32, 128), temperature=1.0, top_p=1.0, seed=index)
-        requests.append(Request(list(ids), sampling))
-    return requests
-
-
-async def run_streams(engine: Engine, streams: list[list[Request]], follow_up: FollowUp | None = None) -> Result:
-    """Every stream sends its requests one after another; all streams run concurrently. With
-    ``follow_up``, a stream is one conversation: each request after the first sends the previous
-    prompt, its output and ``follow_up``'s ids instead of its own prompt (its sampling is its own)."""
-
-    async def stream(requests: list[Request]) -> int:
-        tokens, prompt = 0, requests[0].prompt_ids
-        for request in requests:
-            output = (await engine.generate(prompt if follow_up else request.prompt_ids, request.sampling)).token_ids
-            tokens += len(output)
-            if follow_up:
-                prompt = follow_up.extend(prompt, output)
-        return tokens
-
-    started = time.perf_counter()
-    counts = await asyncio.gather(*(stream(requests) for requests in streams))
-    return Result(sum(counts), time.perf_counter() - started)
-
-
-@dataclass(frozen=True)
-class FollowUp:
-    """The token ids that end an assistant turn and add a tool result and the next assistant header."""
-
-    ids: list[int]
-    eos: int
-
-    @classmethod
-    def of(cls, tokenizer) -> FollowUp:
-        """Rendered by the tokenizer's chat template: what follows an assistant message's content."""
-        marker = "<<assistant output>>"
-        messages = [{"role": "user", "content": "question"}, {"role": "assistant", "content": marker},
-                    {"role": "user", "content": "Tool output: 42"}]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return cls(tokenizer.encode(text.split(marker, 1)[1], add_special_tokens=False), tokenizer.eos_token_id)
-
-    def extend(self, prompt: list[int], output: list[int]) -> list[int]:
-        """The next turn's prompt (an output that stopped at EOS already holds the closing EOS)."""
-        closing = self.ids[1:] if output[-1:] == [self.eos] and self.ids[:1] == [self.eos] else self.ids
-        return prompt + output + closing
-
-
-def linear_floor(model, rows: int, passes: int) -> float:
-    """Best time (s) of one pass of a ``rows``-row input through every nn.Linear (lm_head included)."""
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    return best_pass([(m, m.in_features) for m in linears], rows, passes, model.lm_head.weight)
-
-
-def engine_floor(engine: HFEngine, rows: int, passes: int) -> float:
-    """Best time (s) of one pass through the engine's own (fused, packed) linear layers."""
-    decoder = engine._decoder  # the engine's internals: measured, not changed
-    hidden = engine.model.config.hidden_size
-    intermediate = engine.model.config.intermediate_size
-    linears = [(getattr(layer, name), intermediate if name == "down" else hidden)
-               for layer in decoder.layers for name in ("qkv", "o", "gate_up", "down")]
-    return best_pass(linears + [(decoder.lm_head, hidden)], rows, passes, engine.model.lm_head.weight)
-
-
-def best_pass(linears: list, rows: int, passes: int, like: torch.Tensor) -> float:
-    """Best time (s) of calling every ``(linear, in_features)`` on a ``rows``-row input (of ``like``'s
-    device and dtype)."""
-    inputs = {width: torch.randn(rows, width, device=like.device, dtype=like.dtype) for _, width in linears}
-    best = float("inf")
-    with torch.inference_mode():
-        for _ in range(passes + 1):
-            started = time.perf_counter()
-            for linear, width in linears:
-                linear(inputs[width])
-            _synchronize(like.device)
-            best = min(best, time.perf_counter() - started)
-    return best
-
-
-def _synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (a no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from decode_floor import engine_floor, linear_floor
+from engine_comparison import COMPARED, check_engines, compare_engines, print_comparison, stop_ids
+from rollout_requests import FollowUp, Request, Result, episode_rounds, make_requests, run_streams
 
 
 def plain_generate(model, tokenizer, requests: list[Request]) -> Result:
@@ -341,149 +213,6 @@ LABELS = {
     "sequential": "(a) engine, same requests one at a time",
     "plain": "plain model.generate, batch {rows} (left-padded)",
 }
-
-
-@dataclass(frozen=True)
-class EngineRun:
-    """One engine's start-up and its rounds of the episodes mode (and the decode floor's tokens/s
-    around each round, where it is measured)."""
-
-    startup_seconds: float
-    rounds: list[Result]
-    floors: list[float] = field(default_factory=list)
-
-    @property
-    def floor_ratio(self) -> float | None:
-        """Tokens/s over all rounds / the mean floor around them."""
-        return self.total.tokens_per_second * len(self.floors) / sum(self.floors) if self.floors else None
-
-    @property
-    def total(self) -> Result:
-        return Result(sum(r.tokens for r in self.rounds), sum(r.seconds for r in self.rounds))
-
-
-async def start_engine(kind: str, folder: Path, prompt_ids: list[int], args) -> tuple[Engine, float]:
-    """An engine of ``kind`` and the seconds to build it and answer a 4-token warm-up request."""
-    started = time.perf_counter()
-    if kind == "llama.cpp":
-        engine = LlamaCppBatch(args.gguf, max_sequences=args.streams, threads=args.threads)
-        engine.run_episodes([[Turn(prompt_ids, max_new_tokens=4)]], args.stop_ids, lambda prompt, output: prompt)
-        print(f"  llama.cpp on {args.gguf.name}: {engine.describe()}", flush=True)
-        return engine, time.perf_counter() - started
-    engine = create_engine(kind, folder, dtype=args.dtype, max_model_len=2048, max_batch_size=args.streams,
-                           device=args.device, vllm_memory_fraction=args.vllm_memory_fraction)
-    await engine.generate(prompt_ids, SamplingParams(max_new_tokens=4, temperature=1.0, top_p=1.0))
-    return engine, time.perf_counter() - started
-
-
-async def run_episodes(engine: Engine | LlamaCppBatch, streams: list[list[Request]], follow_up: FollowUp,
-                       stop_ids: list[int]) -> Result:
-    """One round of episodes through an engine, or through llama.cpp (the same turns, all at once)."""
-    if isinstance(engine, LlamaCppBatch):
-        episodes = [[Turn(r.prompt_ids, r.sampling.max_new_tokens, r.sampling.temperature, r.sampling.seed or 0)
-                     for r in stream] for stream in streams]
-        run = engine.run_episodes(episodes, stop_ids, follow_up.extend)
-        return Result(run.tokens, run.seconds)
-    return await run_streams(engine, streams, follow_up)
-
-
-async def compare_engines(kinds: list[str], folder: Path, tokenizer, rounds: list[list[list[Request]]],
-                          args) -> tuple[dict[str, EngineRun], dict[str, str]]:
-    """Every engine of ``kinds`` started, then each round's episodes through each engine in turn
-    (between two decode-floor passes when ``args.floor_model`` is set). Returns the runs, and the
-    one-line error of each engine that could not start."""
-    follow_up = FollowUp.of(tokenizer)
-    floor = (lambda: linear_floor(args.floor_model, args.streams, args.floor_passes)) if args.floor_model else None
-    engines: dict[str, Engine] = {}
-    runs: dict[str, EngineRun] = {}
-    failed: dict[str, str] = {}
-    for kind in kinds:
-        print(f"starting the {kind} engine", flush=True)
-        try:
-            engines[kind], startup = await start_engine(kind, folder, rounds[0][0][0].prompt_ids, args)
-        except Exception as error:  # reported in the table; the other engine still runs
-            failed[kind] = f"{type(error).__name__}: {one_line(error)}"
-            print(f"  the {kind} engine could not start: {failed[kind]}", flush=True)
-            continue
-        runs[kind] = EngineRun(startup, [])
-        print(f"  started in {startup:.1f}s (load average {os.getloadavg()[0]:.2f})", flush=True)
-    before = floor() if floor else None
-    try:
-        for index, streams in enumerate(rounds):
-            for kind, engine in engines.items():
-                result = await run_episodes(engine, streams, follow_up, args.stop_ids)
-                runs[kind].rounds.append(result)
-                if floor:
-                    after = floor()
-                    runs[kind].floors.append(args.streams / min(before, after))
-                    before = after
-                print(f"round {index + 1}/{len(rounds)} {kind:<9} {result.tokens:>6} tokens {result.seconds:7.1f}s "
-                      f"{result.tokens_per_second:7.1f} tok/s (load average {os.getloadavg()[0]:.2f})", flush=True)
-    finally:
-        for engine in engines.values():
-            await engine.close()
-    return runs, failed
-
-
-def print_comparison(runs: dict[str, EngineRun], failed: dict[str, str], rows: int, turns: int) -> None:
-    """Each engine's start-up, tokens, seconds and tokens/s over all rounds (its best round, and
-    the ratio to the decode floor where measured), the vllm/hf and the hf/llama.cpp ratios."""
-    label = f"{rows} episodes x {turns} turns"
-    print(f"\n{'engine (' + label + ')':<34} {'start-up s':>10} {'tokens':>7} {'s':>7} {'tok/s':>7} {'best':>7}"
-          + (f" {'/ (b)':>6}" if any(run.floors for run in runs.values()) else ""))
-    for kind, run in runs.items():
-        total, best = run.total, max(r.tokens_per_second for r in run.rounds)
-        print(f"{kind:<34} {run.startup_seconds:>10.1f} {total.tokens:>7} {total.seconds:>7.1f} "
-              f"{total.tokens_per_second:>7.1f} {best:>7.1f}" + (f" {run.floor_ratio:>6.2f}" if run.floors else ""))
-    for kind, error in failed.items():
-        print(f"{kind:<34} could not start: {error}")
-    for top, bottom in (("vllm", "hf"), ("hf", "llama.cpp")):
-        if top in runs and bottom in runs:
-            ratio = runs[top].total.tokens_per_second / runs[bottom].total.tokens_per_second
-            each = ", ".join(f"{t.tokens_per_second / b.tokens_per_second:.2f}"
-                             for t, b in zip(runs[top].rounds, runs[bottom].rounds))
-            print(f"{top} / {bottom} tokens/s: {ratio:.2f} (each round: {each}); start-up is not in the tokens/s")
-    if any(run.floors for run in runs.values()):
-        floors = [f for run in runs.values() for f in run.floors]
-        print(f"(b) decode floor (all nn.Linear at batch {rows}, fp32): {min(floors):.1f}..{max(floors):.1f} tok/s "
-              "over the run; / (b) is against the mean floor around each engine's rounds")
-
-
-def episode_rounds(tokenizer, streams: int, turns: int, rounds: int) -> list[list[list[Request]]]:
-    """``rounds`` sets of ``streams`` episodes of ``turns`` requests, each set on questions of its own
-    (the first set is the one ``--engine hf`` runs)."""
-    size = streams * turns
-    requests = make_requests(tokenizer, size * rounds, seed=0)
-    chunks = [requests[r * size : (r + 1) * size] for r in range(rounds)]
-    return [[chunk[i::streams] for i in range(streams)] for chunk in chunks]
-
-
-COMPARED = {"hf": ["hf"], "vllm": ["vllm"], "both": ["hf", "vllm"], "llama.cpp": ["hf", "llama.cpp"],
-            "all": ["hf", "vllm", "llama.cpp"]}
-"""The engines each ``--engine`` choice runs (``hf`` alone: every mode; the others: the episodes)."""
-
-
-def check_engines(args) -> None:
-    """SystemExit, saying what to install, where a chosen engine is missing; sets ``args.gguf``."""
-    kinds = COMPARED[args.engine]
-    if "vllm" in kinds:
-        try:
-            require_vllm()
-        except EngineUnavailableError as error:
-            raise SystemExit(f"error: {error}") from None
-    if "llama.cpp" in kinds:
-        require_llama_cpp()
-        if args.gguf is None and args.model != SMOLLM2:
-            raise SystemExit("error: --engine llama.cpp with --model other than the built-in one needs --gguf")
-        args.gguf = args.gguf or smollm2_gguf_path()
-
-
-def stop_ids(folder: Path) -> list[int]:
-    """The ids that end a turn, as the `hf` engine reads them: the generation config's EOS."""
-    from transformers import GenerationConfig
-
-    eos = GenerationConfig.from_pretrained(folder).eos_token_id
-    return [eos] if isinstance(eos, int) else list(eos)
 
 
 def main() -> None:
